@@ -1,0 +1,84 @@
+"""Hypothesis strategies for random small instances, shared by every check and test.
+
+Shapes are drawn from a small set (``V ∈ {2, 3}``, ``T ∈ {1, 2, 3}``) so that each jitted
+function compiles a bounded number of times; all randomness inside an instance comes from a JAX
+key seeded by a drawn integer, so hypothesis can replay and shrink it.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from hypothesis import strategies as st
+
+from toysim import (
+    Instance,
+    MarkovPolicy,
+    MLPPolicy,
+    TabularPolicy,
+    automaton_harm,
+    deadline_harm,
+    first_decisive_harm,
+    graded_harm,
+    table_harm,
+    trigger_harm,
+)
+
+POLICY_KINDS = ("tabular", "markov1", "markov2", "mlp")
+HARM_KINDS = ("table", "binary_table", "deadline", "first_decisive", "trigger", "graded", "automaton")
+BINARY_HARM_KINDS = ("binary_table", "deadline", "first_decisive", "trigger")
+
+
+def make_policy(kind: str, vocab_size: int, horizon: int):
+    """The policy object of a kind name in :data:`POLICY_KINDS`."""
+    if kind == "tabular":
+        return TabularPolicy(vocab_size, horizon)
+    if kind == "markov1":
+        return MarkovPolicy(vocab_size, horizon, order=1)
+    if kind == "markov2":
+        return MarkovPolicy(vocab_size, horizon, order=2)
+    if kind == "mlp":
+        return MLPPolicy(vocab_size, horizon, window=1, hidden=4)
+    raise ValueError(f"unknown policy kind {kind!r}")
+
+
+@st.composite
+def harms(draw, vocab_size: int, horizon: int, kinds=HARM_KINDS):
+    """A harm of a drawn family over ``V**T`` sequences."""
+    kind = draw(st.sampled_from(kinds))
+    tokens = st.lists(st.integers(0, vocab_size - 1), min_size=1, max_size=vocab_size - 1, unique=True)
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    n = vocab_size**horizon
+    if kind == "table":
+        return table_harm(rng.uniform(size=n), vocab_size, horizon)
+    if kind == "binary_table":
+        return table_harm(
+            (rng.uniform(size=n) < draw(st.floats(0.1, 0.9))).astype(float), vocab_size, horizon
+        )
+    if kind == "deadline":
+        return deadline_harm(vocab_size, draw(tokens), draw(st.integers(1, horizon)))
+    if kind == "first_decisive":
+        comply = draw(st.integers(0, vocab_size - 1))
+        refuse = draw(st.integers(0, vocab_size - 1).filter(lambda r: r != comply))
+        return first_decisive_harm(vocab_size, [comply], [refuse], draw(st.sampled_from([0.0, 1.0])))
+    if kind == "trigger":
+        return trigger_harm(vocab_size, draw(tokens))
+    if kind == "graded":
+        return graded_harm(vocab_size, horizon, draw(tokens))
+    n_states = draw(st.integers(1, 4))
+    trans = rng.integers(0, n_states, size=(n_states, vocab_size))
+    final = rng.integers(0, 3, size=n_states) / 2.0
+    return automaton_harm(0, trans, final, vocab_size)
+
+
+@st.composite
+def instances(draw, policy_kinds=POLICY_KINDS, harm_kinds=HARM_KINDS, max_horizon: int = 3):
+    """A random :class:`toysim.Instance` (float64 parameters)."""
+    vocab_size = draw(st.integers(2, 3))
+    horizon = draw(st.integers(1, max_horizon))
+    policy = make_policy(draw(st.sampled_from(policy_kinds)), vocab_size, horizon)
+    scale = draw(st.sampled_from([0.3, 1.0, 3.0]))
+    params = policy.init(jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=scale)
+    harm = draw(harms(vocab_size, horizon, harm_kinds))
+    lam = draw(st.sampled_from([0.1, 1.0, 4.0]))
+    return Instance(policy, params, harm, lam)

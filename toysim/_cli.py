@@ -1,0 +1,82 @@
+"""The ``toysim`` command line.
+
+Every subcommand turns a ``ValueError`` (bad input, an enumeration too large for memory) into one
+line on stderr and exit code 2; argument errors do the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+
+class UsageError(ValueError):
+    """A command-line argument is invalid."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise UsageError(message)
+
+
+def _enable_float64() -> None:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def _cmd_exact(args) -> int:
+    from ._instance import load
+    from ._report import exact_report
+
+    instance = load(args.instance)
+    report = exact_report(instance, engine=args.engine)
+    json.dump(report, sys.stdout, indent=None if args.compact else 1, allow_nan=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _add_exact(sub) -> None:
+    p = sub.add_parser(
+        "exact",
+        help="exact analysis of one instance file (JSON report on stdout)",
+        description="Compute E[h], Var(h), I_t, G_t (covariance form and autodiff), the horizon "
+        "distribution and the equilibrium KL profile of a toysim.instance/1 file, in float64.",
+    )
+    p.add_argument("instance", help="path to a toysim.instance/1 JSON file")
+    p.add_argument("--engine", default="auto", choices=["auto", "enumerate"], help="exact engine")
+    p.add_argument("--compact", action="store_true", help="print the JSON on one line")
+    p.set_defaults(func=_cmd_exact)
+
+
+# Subcommand registrars, one per capability: (name, add_parser(subparsers)).
+REGISTRARS: list[Callable] = [_add_exact]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="toysim", description="Exact simulator for the theory of shallow alignment.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in REGISTRARS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``toysim`` console script."""
+    try:
+        args = build_parser().parse_args(argv)
+        _enable_float64()
+        return args.func(args)
+    except ValueError as err:
+        message = " ".join(str(err).split())
+        print(f"toysim: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("toysim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The enumeration engine: one level-by-level pass over the prefix tree.
+
+Level ``t`` of the tree holds the ``V**t`` prefixes of length ``t`` in lexicographic order, so the
+children of prefix ``i`` are ``i·V + v``: moving between levels is a reshape. Every exact
+quantity in toysim is built from two passes defined here:
+
+* :func:`forward` -- conditional log-probabilities ``log π(v | p)`` at every level and prefix
+  log-probabilities ``log P(p)``, accumulated in log space;
+* :func:`backward` / :func:`log_backward` -- conditional expectations ``E[f(Y) | Y_≤t]`` of a leaf
+  function, level by level from the leaves (``log_backward`` does it in log space, for the
+  partition functions of the equilibrium tilt). Both keep constants exact: where every child of a
+  prefix holds the same value, the prefix gets that value bit for bit.
+
+Everything else (martingale, innovations, ``I_t``, gradients, horizons, KL) is a reduction of these
+arrays. Memory is ``O(V**T)``; :func:`estimate_bytes` predicts it before anything is allocated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+PyTree = Any
+
+
+class Levels(NamedTuple):
+    """A policy laid out on the prefix tree.
+
+    Attributes:
+      log_cond: ``T`` arrays; entry ``t`` has shape ``(V**t, V)`` and holds ``log π(v | p)`` for
+        every prefix ``p`` of length ``t``.
+      log_prefix: ``T + 1`` arrays; entry ``t`` has shape ``(V**t,)`` and holds ``log P(p)``.
+    """
+
+    log_cond: tuple[Array, ...]
+    log_prefix: tuple[Array, ...]
+
+    @property
+    def horizon(self) -> int:
+        return len(self.log_cond)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.log_cond[0].shape[-1]
+
+
+def levels_from_log_cond(log_cond: Sequence[Array]) -> Levels:
+    """Prefix log-probabilities from conditional ones: ``log P(p·v) = log P(p) + log π(v|p)``."""
+    log_prefix = [jnp.zeros((1,), dtype=log_cond[0].dtype)]
+    for lc in log_cond:
+        log_prefix.append((log_prefix[-1][:, None] + lc).reshape(-1))
+    return Levels(tuple(log_cond), tuple(log_prefix))
+
+
+def log_cond_untied(policy: Any, params_by_level: Sequence[PyTree]) -> tuple[Array, ...]:
+    """``log π(·|p)`` at every level, level ``t`` reading its own parameter copy."""
+    return tuple(
+        jax.nn.log_softmax(policy.logits(params_by_level[t], t), axis=-1) for t in range(policy.horizon)
+    )
+
+
+def forward(policy: Any, params: PyTree) -> Levels:
+    """Lay a policy out on the prefix tree.
+
+    Args:
+      policy: a policy object (``toysim.TabularPolicy``, ``MarkovPolicy`` or ``MLPPolicy``).
+      params: its parameter pytree.
+
+    Returns:
+      :class:`Levels` with ``log π`` and ``log P`` for every prefix.
+
+    Example:
+      >>> policy = TabularPolicy(2, 2)
+      >>> lv = forward(policy, policy.init(jax.random.key(0)))
+      >>> float(jnp.exp(lv.log_prefix[2]).sum())  # doctest: +ELLIPSIS
+      1.0...
+    """
+    return levels_from_log_cond(log_cond_untied(policy, [params] * policy.horizon))
+
+
+def backward(levels: Levels, leaf: Float[Array, " leaves"]) -> tuple[Array, ...]:
+    """Conditional expectations of a leaf function at every level.
+
+    ``E_t(p) = E[f(Y) | Y_≤t = p]``, computed as ``E_{t-1}(p) = Σ_v π(v|p) E_t(p·v)``.
+
+    Args:
+      levels: the policy on the tree.
+      leaf: ``f`` at every leaf, shape ``(V**T,)``.
+
+    Returns:
+      ``T + 1`` arrays, entry ``t`` of shape ``(V**t,)``; entry ``T`` is ``leaf`` itself.
+    """
+    out = [leaf]
+    for lc in reversed(levels.log_cond):
+        child = out[-1].reshape(lc.shape)
+        mean = jnp.sum(jnp.exp(lc) * child, axis=-1)
+        out.append(jnp.where(_constant_rows(child), child[:, 0], mean))
+    return tuple(reversed(out))
+
+
+def _constant_rows(child: Array) -> Array:
+    """Prefixes whose children all hold the same value.
+
+    The expectation of a constant is that constant *exactly*; computing it as ``Σ_v π(v) c`` would
+    be off by the rounding of ``Σ_v π(v) ≈ 1``. This rule makes ``H``, ``Δ``, ``G_t`` and the tilt
+    exactly constant, zero or unchanged below every determined prefix (THEORY 5, 7).
+    """
+    return jnp.all(child == child[:, :1], axis=-1)
+
+
+def log_backward(levels: Levels, log_leaf: Float[Array, " leaves"]) -> tuple[Array, ...]:
+    """Like :func:`backward` for ``exp(log_leaf)``, in log space (``logsumexp`` per prefix)."""
+    out = [log_leaf]
+    for lc in reversed(levels.log_cond):
+        child = out[-1].reshape(lc.shape)
+        lse = jax.nn.logsumexp(lc + child, axis=-1)
+        out.append(jnp.where(_constant_rows(child), child[:, 0], lse))
+    return tuple(reversed(out))
+
+
+def level_weights(levels: Levels, t: int) -> Float[Array, "prefix vocab"]:
+    """Joint probability ``P(p) π(v|p)`` of each edge from level ``t-1`` to ``t`` (``t >= 1``)."""
+    return jnp.exp(levels.log_prefix[t]).reshape(levels.log_cond[t - 1].shape)
+
+
+def xlogy_kl(log_p: Array, log_q: Array, axis: int = -1) -> Array:
+    """``KL(p ‖ q) = Σ p (log p − log q)`` along ``axis`` with the rule ``0 · log 0 = 0``."""
+    p = jnp.exp(log_p)
+    diff = jnp.where(p > 0, log_p - log_q, 0.0)
+    return jnp.sum(p * diff, axis=axis)
+
+
+# Bytes held per leaf by the full `toysim exact` analysis, measured by benchmarks/bench_exact.py
+# (peak resident memory over leaves at V**T ≈ 1.7e7 on CPU, float64), rounded up.
+BYTES_PER_LEAF_ANALYSIS = 160
+
+
+def estimate_bytes(vocab_size: int, horizon: int, bytes_per_leaf: int = BYTES_PER_LEAF_ANALYSIS) -> int:
+    """Predicted peak memory of an enumeration over ``V**T`` leaves.
+
+    Levels shorter than ``T`` add a factor ``V / (V − 1)`` to the leaf count.
+    """
+    nodes = sum(vocab_size**t for t in range(horizon + 1))
+    return int(nodes * bytes_per_leaf)
+
+
+def available_bytes() -> int:
+    """Memory this process may use: ``TOYSIM_MAX_BYTES`` if set, else the machine's free memory."""
+    env = os.environ.get("TOYSIM_MAX_BYTES")
+    if env:
+        try:
+            return int(float(env))
+        except ValueError as err:
+            raise ValueError(f"TOYSIM_MAX_BYTES must be a number of bytes, got {env!r}") from err
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(vocab_size: int, horizon: int, bytes_per_leaf: int = BYTES_PER_LEAF_ANALYSIS) -> None:
+    """Refuse an enumeration that would not fit in memory, before allocating it.
+
+    Raises:
+      ValueError: with the estimate and the available memory in the message.
+    """
+    need = estimate_bytes(vocab_size, horizon, bytes_per_leaf)
+    have = available_bytes()
+    if need > have:
+        raise ValueError(
+            f"enumeration over V**T = {vocab_size}**{horizon} = {vocab_size**horizon:.3g} leaves "
+            f"needs about {need / 2**30:.2f} GiB, more than the {have / 2**30:.2f} GiB available "
+            "(reduce vocab_size or horizon, or use a Markov policy with an automaton harm and the "
+            "DP engine)"
+        )

@@ -1,0 +1,165 @@
+"""The alignment gradient as a covariance, and its autodiff references (THEORY.md sections 4, 6).
+
+[Thm 8]: ``∇_θ E[h] = Σ_t G_t`` with ``G_t = E_{y<t}[Cov_{y_t}(H_t, s_t)]``. Because
+``Σ_v π(v|p) Δ_t(p·v) = 0`` (martingale property), the covariance at a prefix equals
+``Σ_v π(v|p) Δ_t(p·v) ∇_θ logit_θ(p)[v]``, so
+
+    G_t = J_{t-1}ᵀ w_t,     w_t(p, v) = P(p) π(v|p) (H_t(p·v) − H_{t−1}(p)),
+
+a vector-Jacobian product of the level-``t−1`` logits with the *covariance weights* ``w_t``. For a
+tabular policy ``J`` is the identity and ``w_t`` is the gradient itself (THEORY 4, closed form).
+
+The autodiff references are independent of ``H``: :func:`autodiff_gradient` is ``jax.grad`` of
+``E[h] = Σ_y P(y) h(y)``, and :func:`untied_autodiff_gradient` unties the parameters by position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._enumerate import Levels, level_weights, levels_from_log_cond, log_cond_untied
+from ._martingale import innovations
+
+PyTree = Any
+
+
+def tree_sq_norm(tree: PyTree) -> Array:
+    """``‖θ‖²`` summed over all leaves of a pytree."""
+    return sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(tree))
+
+
+def covariance_weights(levels: Levels, martingale: tuple[Array, ...]) -> tuple[Array, ...]:
+    """``w_t(p, v) = P(p) π(v|p) Δ_t(p·v)`` for ``t = 1..T``, each of shape ``(V**(t-1), V)``.
+
+    ``w_t`` is ``∂E[h] / ∂logit(p, v)`` for a tabular policy (THEORY 4, closed form).
+    """
+    deltas = innovations(martingale)
+    return tuple(level_weights(levels, t + 1) * deltas[t] for t in range(len(deltas)))
+
+
+def covariance_gradient(
+    policy: Any, params: PyTree, levels: Levels, martingale: tuple[Array, ...]
+) -> tuple[PyTree, ...]:
+    """Per-position gradients ``G_1..G_T`` in covariance form [Thm 8].
+
+    Args:
+      policy: the policy object.
+      params: its parameters (the ones ``levels`` was computed from).
+      levels: ``toysim.forward(policy, params)``.
+      martingale: ``toysim.harm_martingale(levels, h)``.
+
+    Returns:
+      A tuple of ``T`` pytrees shaped like ``params``; their sum is ``∇_θ E[h]``.
+    """
+    weights = covariance_weights(levels, martingale)
+    out = []
+    for t, w_t in enumerate(weights):
+        _, vjp = jax.vjp(lambda theta, t=t: policy.logits(theta, t), params)
+        out.append(vjp(w_t.astype(levels.log_cond[t].dtype))[0])
+    return tuple(out)
+
+
+def expected_harm_from_log_cond(log_cond: Sequence[Array], h: Float[Array, " leaves"]) -> Array:
+    """``E[h] = Σ_y exp(log P(y)) h(y)`` from per-level conditional log-probabilities."""
+    return jnp.sum(jnp.exp(levels_from_log_cond(log_cond).log_prefix[-1]) * h)
+
+
+def expected_harm(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> Array:
+    """``E_{π_θ}[h]``, differentiable in ``params``.
+
+    Example:
+      >>> policy = TabularPolicy(2, 1)
+      >>> float(expected_harm(policy, (jnp.zeros((1, 2)),), jnp.array([0.0, 1.0])))
+      0.5
+    """
+    return expected_harm_from_log_cond(log_cond_untied(policy, [params] * policy.horizon), h)
+
+
+def autodiff_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> PyTree:
+    """``jax.grad`` of :func:`expected_harm`: the reference for ``Σ_t G_t``."""
+    return jax.grad(expected_harm, argnums=1)(policy, params, h)
+
+
+def untied_autodiff_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple:
+    """Per-position autodiff gradients: ``G_t = ∂E[h]/∂θ_t`` with ``θ_1 = … = θ_T = θ`` (THEORY 4).
+
+    Untying is done at the level logits: reverse-mode differentiation of ``E[h]`` with respect to
+    each level's logits (through ``log_softmax`` and the log-probability accumulation), pulled back
+    through that level's parameterisation. This equals differentiating with respect to ``T``
+    separate parameter copies (see :func:`untied_copies_gradient`) without storing ``T`` copies.
+
+    Returns:
+      A tuple of ``T`` pytrees shaped like ``params``.
+    """
+    logits = tuple(policy.logits(params, t) for t in range(policy.horizon))
+
+    def objective(level_logits):
+        log_cond = tuple(jax.nn.log_softmax(z, axis=-1) for z in level_logits)
+        return expected_harm_from_log_cond(log_cond, h)
+
+    cotangents = jax.grad(objective)(logits)
+    out = []
+    for t in range(policy.horizon):
+        _, vjp = jax.vjp(lambda theta, t=t: policy.logits(theta, t), params)
+        out.append(vjp(cotangents[t])[0])
+    return tuple(out)
+
+
+def untied_copies_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple:
+    """Per-position gradients by literally untying: ``T`` parameter copies, one per position.
+
+    Memory grows as ``T · |θ|``; a slow reference for tests and checks on small instances.
+    """
+
+    def objective(copies):
+        return expected_harm_from_log_cond(log_cond_untied(policy, copies), h)
+
+    return tuple(jax.grad(objective)([params] * policy.horizon))
+
+
+def prefix_covariance_sq_norm(
+    policy: Any, params: PyTree, levels: Levels, martingale: tuple[Array, ...], t: int
+) -> Float[Array, " prefix"]:
+    """``‖Cov(H_t, s_t | p)‖²`` for every prefix ``p`` of length ``t − 1`` (``t = 1..T``).
+
+    For lookup parameterisations (tabular, Markov) the score is ``e_v − π`` in the row read by
+    ``p``, so the covariance is ``π ⊙ Δ_t`` and its squared norm ``Σ_v π² Δ_t²``. Other policies
+    use the full Jacobian of the level (small instances only).
+    """
+    delta = innovations(martingale)[t - 1]
+    probs = jnp.exp(levels.log_cond[t - 1])
+    if getattr(policy, "is_lookup", False):
+        return jnp.sum((probs * delta) ** 2, axis=-1)
+
+    def log_probs(theta):
+        return jax.nn.log_softmax(policy.logits(theta, t - 1), axis=-1)
+
+    jac = jax.jacrev(log_probs)(params)
+    coeff = probs * delta
+    total = 0.0
+    for leaf in jax.tree_util.tree_leaves(jac):
+        flat = leaf.reshape(leaf.shape[0], leaf.shape[1], -1)
+        total = total + jnp.sum(jnp.einsum("pv,pvk->pk", coeff, flat) ** 2, axis=-1)
+    return total
+
+
+def fisher_bound(
+    policy: Any, params: PyTree, levels: Levels, information: Float[Array, " T"]
+) -> Float[Array, " T"]:
+    """Right-hand side of [Thm 13]: ``sqrt(I_t · E[tr F_t])`` for ``t = 1..T``.
+
+    [Lemma 12] gives ``‖G_t‖ ≤ sqrt(I_t · E[tr F_t])`` with ``F_t`` the conditional Fisher
+    information of the level-``t`` token.
+    """
+    traces = jnp.stack(
+        [
+            jnp.sum(jnp.exp(levels.log_prefix[t]) * policy.fisher_trace(params, t))
+            for t in range(policy.horizon)
+        ]
+    )
+    return jnp.sqrt(information * traces)

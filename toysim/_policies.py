@@ -1,0 +1,293 @@
+"""Autoregressive softmax policies over a finite vocabulary (THEORY.md section 1).
+
+A policy object is a frozen dataclass holding only static integers (so it can be a static
+argument of ``jax.jit``); its parameters are a separate pytree. Every policy answers one
+question, :meth:`logits`: the unnormalised logits of all ``V**t`` prefixes of length ``t`` at
+once, in lexicographic order with the first token most significant. The enumeration engine
+(``toysim._enumerate``) builds everything else from that.
+
+Three parameterisations, as THEORY.md requires:
+
+* :class:`TabularPolicy` -- one free logit vector per prefix (untied across positions).
+* :class:`MarkovPolicy` -- n-gram logits that depend on the last ``order`` tokens only, with a
+  beginning-of-sequence symbol ``V`` padding short contexts; tied across positions.
+* :class:`MLPPolicy` -- a one-hidden-layer network over a fixed window of the last tokens and the
+  token frequencies of the whole prefix; its weights are shared by all positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+PyTree = Any
+
+
+def _check_positive_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def prefix_digits(vocab_size: int, t: int) -> Int[Array, "prefix t"]:
+    """Tokens of every length-``t`` prefix, in lexicographic order.
+
+    Row ``i`` holds the base-``V`` digits of ``i`` (first token most significant), so that
+    ``prefix_digits(V, t)[i]`` is the ``i``-th prefix of length ``t``.
+
+    Args:
+      vocab_size: ``V``.
+      t: prefix length.
+
+    Returns:
+      Integer array of shape ``(V**t, t)``.
+
+    Example:
+      >>> prefix_digits(2, 2).tolist()
+      [[0, 0], [0, 1], [1, 0], [1, 1]]
+    """
+    index = jnp.arange(vocab_size**t)
+    powers = vocab_size ** jnp.arange(t - 1, -1, -1)
+    return (index[:, None] // powers[None, :]) % vocab_size
+
+
+def _last_tokens(vocab_size: int, t: int, window: int) -> Int[Array, "prefix window"]:
+    """Last ``window`` tokens of every length-``t`` prefix, most recent first, BOS-padded.
+
+    The padding symbol is ``V`` (beginning of sequence).
+    """
+    index = jnp.arange(vocab_size**t)
+    cols = []
+    for j in range(window):
+        if j < t:
+            cols.append((index // vocab_size**j) % vocab_size)
+        else:
+            cols.append(jnp.full_like(index, vocab_size))
+    return jnp.stack(cols, axis=1) if cols else jnp.zeros((index.shape[0], 0), index.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularPolicy:
+    """One free logit vector per prefix: ``logits(p) = θ_p`` (THEORY.md section 1).
+
+    Parameters are a tuple of ``T`` arrays; entry ``t`` has shape ``(V**t, V)`` and holds the
+    logits of every prefix of length ``t`` in lexicographic order. This is also the row order of
+    the ``toysim.instance/1`` file format.
+
+    Args:
+      vocab_size: ``V >= 2``.
+      horizon: ``T >= 1``.
+
+    Example:
+      >>> policy = TabularPolicy(vocab_size=2, horizon=3)
+      >>> params = policy.init(jax.random.key(0))
+      >>> [p.shape for p in params]
+      [(1, 2), (2, 2), (4, 2)]
+    """
+
+    vocab_size: int
+    horizon: int
+    is_lookup = True  # each prefix reads one free row of logits (not a dataclass field)
+
+    def __post_init__(self):
+        _check_positive_int("vocab_size", self.vocab_size, 2)
+        _check_positive_int("horizon", self.horizon, 1)
+
+    def init(self, key: jax.Array, scale: float = 1.0) -> tuple[Array, ...]:
+        """Gaussian logits with standard deviation ``scale``."""
+        keys = jax.random.split(key, self.horizon)
+        return tuple(
+            scale * jax.random.normal(keys[t], (self.vocab_size**t, self.vocab_size))
+            for t in range(self.horizon)
+        )
+
+    def logits(self, params: tuple[Array, ...], t: int) -> Float[Array, "prefix vocab"]:
+        """Logits of all prefixes of length ``t``."""
+        return params[t]
+
+    def fisher_trace(self, params: PyTree, t: int) -> Float[Array, " prefix"]:
+        """``tr F_t(p) = E[‖s_t‖² | p] = 1 − ‖π(·|p)‖²`` for a lookup parameterisation."""
+        probs = jax.nn.softmax(self.logits(params, t), axis=-1)
+        return 1.0 - jnp.sum(probs**2, axis=-1)
+
+    def from_rows(self, rows: Float[Array, "rows vocab"]) -> tuple[Array, ...]:
+        """Split the stacked rows of the instance format into per-length blocks."""
+        out, start = [], 0
+        for t in range(self.horizon):
+            n = self.vocab_size**t
+            out.append(rows[start : start + n])
+            start += n
+        return tuple(out)
+
+    @property
+    def num_rows(self) -> int:
+        """Number of prefixes with a logit row: ``1 + V + ... + V**(T-1)``."""
+        return sum(self.vocab_size**t for t in range(self.horizon))
+
+
+class MarkovParams(NamedTuple):
+    """Logit table of an n-gram policy.
+
+    Attributes:
+      logits: shape ``((V+1)**order, V)``. Row ``c`` is the context whose most recent token is the
+        least significant base-``V+1`` digit of ``c``; digit ``V`` is the beginning-of-sequence
+        padding. For ``order = 1`` rows ``0..V-1`` are the transition logits from the previous
+        token and row ``V`` holds the initial logits.
+    """
+
+    logits: Float[Array, "context vocab"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkovPolicy:
+    """n-gram policy: logits depend on the last ``order`` tokens only (tied across positions).
+
+    ``logits(y_<t) = θ[c(y_<t)]`` with ``c`` the BOS-padded context of the last ``order`` tokens.
+
+    Args:
+      vocab_size: ``V >= 2``.
+      horizon: ``T >= 1``.
+      order: ``n >= 1``.
+
+    Example:
+      >>> policy = MarkovPolicy(vocab_size=3, horizon=4, order=1)
+      >>> policy.init(jax.random.key(0)).logits.shape
+      (4, 3)
+    """
+
+    vocab_size: int
+    horizon: int
+    order: int = 1
+    is_lookup = True  # each prefix reads one row of the shared table (not a dataclass field)
+
+    def __post_init__(self):
+        _check_positive_int("vocab_size", self.vocab_size, 2)
+        _check_positive_int("horizon", self.horizon, 1)
+        _check_positive_int("order", self.order, 1)
+
+    def init(self, key: jax.Array, scale: float = 1.0) -> MarkovParams:
+        """Gaussian logits with standard deviation ``scale``."""
+        shape = ((self.vocab_size + 1) ** self.order, self.vocab_size)
+        return MarkovParams(scale * jax.random.normal(key, shape))
+
+    def contexts(self, t: int) -> Int[Array, " prefix"]:
+        """Row of the logit table read by every prefix of length ``t``."""
+        last = _last_tokens(self.vocab_size, t, self.order)
+        weights = (self.vocab_size + 1) ** jnp.arange(self.order)
+        return jnp.sum(last * weights[None, :], axis=1)
+
+    def logits(self, params: MarkovParams, t: int) -> Float[Array, "prefix vocab"]:
+        """Logits of all prefixes of length ``t``."""
+        return params.logits[self.contexts(t)]
+
+    def fisher_trace(self, params: MarkovParams, t: int) -> Float[Array, " prefix"]:
+        """``tr F_t(p) = 1 − ‖π(·|p)‖²``: each prefix reads exactly one row of the table."""
+        probs = jax.nn.softmax(self.logits(params, t), axis=-1)
+        return 1.0 - jnp.sum(probs**2, axis=-1)
+
+    @staticmethod
+    def from_initial_transition(initial: Array, transition: Array) -> MarkovParams:
+        """First-order parameters from ``initial (V,)`` and ``transition (V, V)`` logits."""
+        return MarkovParams(jnp.concatenate([transition, initial[None, :]], axis=0))
+
+
+class MLPParams(NamedTuple):
+    """Weights of :class:`MLPPolicy`."""
+
+    w_in: Float[Array, "features hidden"]
+    b_in: Float[Array, " hidden"]
+    w_out: Float[Array, "hidden vocab"]
+    b_out: Float[Array, " vocab"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPPolicy:
+    """A tiny neural policy whose weights are shared by all positions.
+
+    ``logits(y_<t) = W_out tanh(W_in x(y_<t) + b_in) + b_out``, with features ``x`` the one-hot
+    codes of the last ``window`` tokens (BOS-padded) followed by the token frequencies of the
+    whole prefix (zero for the empty prefix).
+
+    Args:
+      vocab_size: ``V >= 2``.
+      horizon: ``T >= 1``.
+      window: number of most recent tokens seen one-hot, ``>= 1``.
+      hidden: width of the hidden layer, ``>= 1``.
+
+    Example:
+      >>> policy = MLPPolicy(vocab_size=2, horizon=3, window=1, hidden=4)
+      >>> policy.logits(policy.init(jax.random.key(0)), 2).shape
+      (4, 2)
+    """
+
+    vocab_size: int
+    horizon: int
+    window: int = 2
+    hidden: int = 8
+    is_lookup = False
+
+    def __post_init__(self):
+        _check_positive_int("vocab_size", self.vocab_size, 2)
+        _check_positive_int("horizon", self.horizon, 1)
+        _check_positive_int("window", self.window, 1)
+        _check_positive_int("hidden", self.hidden, 1)
+
+    @property
+    def num_features(self) -> int:
+        return self.window * (self.vocab_size + 1) + self.vocab_size
+
+    def init(self, key: jax.Array, scale: float = 1.0) -> MLPParams:
+        """Gaussian weights scaled by fan-in, times ``scale``."""
+        k1, k2, k3 = jax.random.split(key, 3)
+        f, h, v = self.num_features, self.hidden, self.vocab_size
+        return MLPParams(
+            w_in=scale * jax.random.normal(k1, (f, h)) / jnp.sqrt(f),
+            b_in=jnp.zeros((h,)),
+            w_out=scale * jax.random.normal(k2, (h, v)) / jnp.sqrt(h),
+            b_out=scale * 0.5 * jax.random.normal(k3, (v,)),
+        )
+
+    def features(self, t: int) -> Float[Array, "prefix features"]:
+        """Input features of all prefixes of length ``t``."""
+        v = self.vocab_size
+        last = _last_tokens(v, t, self.window)
+        onehots = jax.nn.one_hot(last, v + 1).reshape(last.shape[0], -1)
+        if t == 0:
+            freq = jnp.zeros((1, v))
+        else:
+            freq = jax.nn.one_hot(prefix_digits(v, t), v).sum(axis=1) / t
+        return jnp.concatenate([onehots, freq], axis=1)
+
+    def logits(self, params: MLPParams, t: int) -> Float[Array, "prefix vocab"]:
+        """Logits of all prefixes of length ``t``."""
+        x = self.features(t).astype(params.w_in.dtype)
+        hidden = jnp.tanh(x @ params.w_in + params.b_in)
+        return hidden @ params.w_out + params.b_out
+
+    def fisher_trace(self, params: MLPParams, t: int) -> Float[Array, " prefix"]:
+        """``tr F_t(p) = Σ_v π(v|p) ‖∇_θ log π(v|p)‖²`` from the full Jacobian (small sizes)."""
+        return generic_fisher_trace(self, params, t)
+
+
+def generic_fisher_trace(policy: Any, params: PyTree, t: int) -> Float[Array, " prefix"]:
+    """Conditional Fisher trace of any policy from the Jacobian of its log-probabilities.
+
+    Costs ``V**t · V · |θ|`` memory; meant for small instances and for tests.
+    """
+
+    def log_probs(theta):
+        return jax.nn.log_softmax(policy.logits(theta, t), axis=-1)
+
+    jac = jax.jacrev(log_probs)(params)
+    sq = sum(
+        jnp.sum(leaf.reshape(leaf.shape[0], leaf.shape[1], -1) ** 2, axis=-1)
+        for leaf in jax.tree_util.tree_leaves(jac)
+    )
+    probs = jnp.exp(log_probs(params))
+    return jnp.sum(probs * sq, axis=-1)
+
+
+Policy = TabularPolicy | MarkovPolicy | MLPPolicy
