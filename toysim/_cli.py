@@ -51,14 +51,24 @@ def _add_exact(sub) -> None:
     p.set_defaults(func=_cmd_exact)
 
 
-# Subcommand registrars, one per capability: (name, add_parser(subparsers)).
-REGISTRARS: list[Callable] = [_add_exact]
+def _registrars() -> list[Callable]:
+    """``exact`` plus the ``register(subparsers)`` of every ``toysim/_cli_*.py`` module, by name.
+
+    Each capability keeps its subcommands in its own module, so adding one touches no shared file.
+    """
+    import importlib
+    import pkgutil
+
+    import toysim
+
+    names = sorted(m.name for m in pkgutil.iter_modules(toysim.__path__) if m.name.startswith("_cli_"))
+    return [_add_exact] + [importlib.import_module(f"toysim.{name}").register for name in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="toysim", description="Exact simulator for the theory of shallow alignment.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in REGISTRARS:
+    for add in _registrars():
         add(sub)
     return parser
 

@@ -1,0 +1,70 @@
+"""What a theorem check is.
+
+Each module of ``proofs_check`` (one per result of THEORY.md) defines ``CHECKS``: a list of
+:class:`Check` objects. A check draws instances from a hypothesis strategy, computes the quantities
+the result speaks about (``compute``), and reduces them to one non-negative *residual* that is zero
+(up to the stated tolerance) when the result holds. ``corruptions`` are the negative controls: each
+turns correct quantities into deliberately wrong ones for which the residual must exceed the
+tolerance, proving that the check can fail.
+
+A check of kind ``"finding"`` measures something that is not a theorem (for example spillover of
+shared parameters beyond the horizon): its residual is the measured value and its verdict is
+"measured", never "holds".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from hypothesis.strategies import SearchStrategy
+
+Quantities = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One executable result of THEORY.md.
+
+    Attributes:
+      name: short identifier used on the command line (``toysim check --only NAME``).
+      result: the paper's label, e.g. ``"[Thm 8]"``, or ``"(ours)"``.
+      section: the THEORY.md section, e.g. ``"§4"``.
+      statement: the result in words.
+      latex: the result in LaTeX.
+      kind: ``"theorem"`` (must hold) or ``"finding"`` (a measurement).
+      tolerance: the residual below which the result counts as holding.
+      tolerance_reason: why that tolerance (float64 rounding, finite differences, optimiser
+        precision, ...).
+      instances: a zero-argument function returning the hypothesis strategy of inputs.
+      compute: ``input -> quantities`` (a dict of arrays / floats).
+      residual: ``quantities -> float``, ``>= 0``; ``<= tolerance`` iff the result holds.
+      corruptions: negative controls, name -> ``quantities -> wrong quantities``.
+      applies_to: the instance families, in words (shown in the report).
+      examples: examples per run in the ``ci`` profile (``thorough`` multiplies it by 10).
+    """
+
+    name: str
+    result: str
+    section: str
+    statement: str
+    latex: str
+    kind: str
+    tolerance: float
+    tolerance_reason: str
+    instances: Callable[[], SearchStrategy]
+    compute: Callable[[Any], Quantities]
+    residual: Callable[[Quantities], float]
+    corruptions: dict[str, Callable[[Quantities], Quantities]]
+    applies_to: str
+    examples: int = 30
+
+    def __post_init__(self):
+        if self.kind not in ("theorem", "finding"):
+            raise ValueError(f"check {self.name}: kind must be 'theorem' or 'finding'")
+        if self.kind == "theorem" and not self.corruptions:
+            raise ValueError(f"check {self.name}: a theorem check needs at least one negative control")
+
+    def evaluate(self, instance: Any) -> float:
+        """The residual of one input."""
+        return float(self.residual(self.compute(instance)))
