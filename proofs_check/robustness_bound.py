@@ -1,0 +1,89 @@
+"""Robustness bound of deep alignment [Thm 22] (THEORY.md §8).
+
+Statement (the quantity, made precise): let ``π*`` be the minimiser of the separable tabular
+objective with ``λ = 0`` (where the Gibbs form [Thm 20] is exact). Then at *every position*
+``t = 1..T`` and *every prefix* ``p`` of length ``t − 1`` with ``Q(p) > 0``, the one-step
+recovery probability satisfies
+
+    π*(R | p) ≥ σ(logit p_min + μγ^{T−1}),    p_min = min over all prefixes of π_0(R | ·).
+
+The bound is about the per-prefix probability that the *next* token is a recovery token, not the
+probability of recovering somewhere later (which is larger), and not a ``Q``-average. It follows
+from the Gibbs form because ``logit π_0(R|p) ≥ logit p_min`` and ``γ^{t−1} ≥ γ^{T−1}``; it is
+tight at a prefix of length ``T − 1`` where ``π_0(R|·) = p_min``. At ``Q(p) = 0`` the separable
+objective is flat in the prefix's logits, so nothing is claimed there.
+
+Residual: ``max(0, bound − min_p π*(R|p))`` over those prefixes, ``π*`` trained by L-BFGS.
+
+Tolerance 1e-9: the optimiser's precision (see gibbs_form.py; measured residual 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from toysim import _recovery as rc
+
+from ._framework import Check
+from .gibbs_form import case_indices, optimum, recovery_probs, solved
+
+
+def compute(index):
+    s = solved(index)
+    where = [np.asarray(q) > 0 for q in s.spec.q_prefix]
+    trained = recovery_probs(optimum(index, "separable", lam_zero=True), s.spec)
+    logit = [np.asarray(z) for z in rc.logit_recovery(s.base, s.spec.mask)]
+    wrong_sign = [1.0 / (1.0 + np.exp(-(z - d))) for z, d in zip(logit, s.spec.discounts)]
+    return {
+        "recovery": [r[w] for r, w in zip(trained, where)],
+        "base": [r[w] for r, w in zip(recovery_probs(s.base, s.spec), where)],
+        "wrong_sign": [r[w] for r, w in zip(wrong_sign, where)],
+        "bound": rc.robustness_bound(s.base, s.spec),
+        # the bound with p_min taken over the prefixes with Q(p) > 0 only (for the negative controls:
+        # both wrong policies fall below it at the prefix attaining that minimum)
+        "bound_on_support": float(
+            rc.guaranteed_recovery(
+                min(float(np.min(r[w])) for r, w in zip(recovery_probs(s.base, s.spec), where) if w.any()),
+                s.spec.mu,
+                s.spec.gamma,
+                s.spec.horizon,
+            )
+        ),
+    }
+
+
+def residual(q):
+    return max(0.0, q["bound"] - min(float(np.min(r)) for r in q["recovery"] if r.size))
+
+
+CHECKS = [
+    Check(
+        name="robustness_bound",
+        result="[Thm 22]",
+        section="§8",
+        statement="At every position and every prefix with Q(p) > 0, the Gibbs-exact optimum recovers "
+        "with probability π*(R|p) ≥ σ(logit p_min + μγ^{T−1}), p_min = min π_0(R|·).",
+        latex=r"\pi^*(R\mid p)\ \ge\ \sigma\big(\operatorname{logit}p_{\min}+\mu\gamma^{T-1}\big)\quad\forall p:\ Q(p)>0",
+        kind="theorem",
+        tolerance=1e-9,
+        tolerance_reason="L-BFGS precision of the trained optimum (measured residual 0)",
+        instances=case_indices,
+        compute=compute,
+        residual=residual,
+        corruptions={
+            # π_0 itself, against the bound of its own smallest recovery probability on Q's support
+            "untrained π_0 in place of π*": lambda q: {
+                **q,
+                "recovery": q["base"],
+                "bound": q["bound_on_support"],
+            },
+            "penalty with the wrong sign": lambda q: {
+                **q,
+                "recovery": q["wrong_sign"],
+                "bound": q["bound_on_support"],
+            },
+        },
+        applies_to="separable tabular objective, λ = 0 (V = 2, T = 3, Q = π_0 conditioned on harm)",
+        examples=1,
+    )
+]

@@ -1,0 +1,317 @@
+"""Recovery penalties and deep alignment (THEORY 8-9): engine against brute force, the checks with
+their negative controls, validation, and ``toysim deep`` on good and bad input."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import toysim
+from proofs_check import attack_length as attack_length_check
+from proofs_check import augmentation, gibbs_form, prefill_attack, recovery_gradient, robustness_bound
+from tests import reference
+from tests.tolerances import FD_STEP, FINITE_DIFFERENCE, IDENTITY, assert_close
+from toysim import _recovery as rc
+from toysim._cli import main
+
+# --------------------------------------------------------------------------- brute force
+
+SHAPES = (("tabular", 2, 3), ("markov1", 3, 2))  # few shapes: each costs seconds of compilation
+
+
+@st.composite
+def cases(draw):
+    inst, recovery, mu, gamma = draw(recovery_gradient.recovery_cases(SHAPES))
+    theta = inst.policy.init(jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=1.0)
+    return inst, recovery, mu, gamma, theta
+
+
+def _brute_marginals(probs, weights, v, T):
+    """``Q_t(p)`` from leaf weights ``Q(y) ∝ probs[y] · weights[y]``, by summing over sequences."""
+    total = sum(probs[y] * weights[y] for y in probs)
+    return [
+        np.array(
+            [
+                sum(probs[y] * weights[y] for y in probs if y[:t] == p) / total
+                for p in reference.sequences(v, t)
+            ]
+        )
+        for t in range(T)
+    ]
+
+
+def _brute_recovery(policy, params, p, recovery):
+    return sum(reference.cond_probs(policy, [params] * policy.horizon, p)[r] for r in recovery)
+
+
+def _brute_no_recovery(probs, p, recovery):
+    """``P(no recovery token after p | p)`` by summing over the sequences extending ``p``."""
+    k = len(p)
+    num = sum(q for y, q in probs.items() if y[:k] == p and not any(tok in recovery for tok in y[k:]))
+    return num / reference.prefix_prob(probs, p)
+
+
+@settings(max_examples=6)
+@given(cases())
+def test_quantities_match_brute_force(case):
+    inst, recovery, mu, gamma, theta = case
+    policy, v, T = inst.policy, inst.policy.vocab_size, inst.policy.horizon
+    h = np.asarray(toysim.harm_values(inst.harm, v, T))
+    base = toysim.forward(policy, inst.params)
+    q = rc.harmful_prefix_marginals(base, jnp.asarray(h))
+    base_probs = reference.sequence_probs(policy, inst.params)
+    h_of = {y: h[reference.lex_index(y, v)] for y in base_probs}
+    for t, (got, want) in enumerate(zip(q, _brute_marginals(base_probs, h_of, v, T))):
+        assert_close(got, want, what=f"harmful Q_{t}")
+    spec = rc.recovery_spec(v, recovery, q, mu=mu, gamma=gamma)
+
+    # the objective at a second policy θ
+    probs = reference.sequence_probs(policy, theta)
+    penalty = mu * sum(
+        gamma**t
+        * sum(
+            qp * (1.0 - _brute_recovery(policy, theta, p, recovery))
+            for qp, p in zip(q[t], reference.sequences(v, t))
+        )
+        for t in range(T)
+    )
+    kl = sum(p * np.log(p / base_probs[y]) for y, p in probs.items())
+    harm = sum(p * h_of[y] for y, p in probs.items())
+    levels = toysim.forward(policy, theta)
+    assert_close(rc.recovery_penalty(levels, spec), penalty, what="recovery penalty")
+    value = rc.deep_objective(policy, theta, base, jnp.asarray(h), inst.lam, spec)
+    assert_close(value, inst.lam * harm + penalty + kl, what="L_deep")
+
+    # per-position gradients add up to jax.grad, which matches a central difference
+    total = jax.grad(rc.deep_objective, argnums=1)(policy, theta, base, jnp.asarray(h), inst.lam, spec)
+    parts = rc.gradient_by_position(policy, theta, base, jnp.asarray(h), inst.lam, spec)
+    summed = jax.tree_util.tree_map(lambda *xs: sum(xs), *parts)
+    for a, b in zip(jax.tree_util.tree_leaves(summed), jax.tree_util.tree_leaves(total)):
+        assert_close(a, b, what="Σ_t per-position gradient")
+    leaf = jax.tree_util.tree_leaves(theta)[-1]
+    bump = jnp.zeros_like(leaf).at[(0,) * leaf.ndim].set(FD_STEP)
+
+    def shift(sign):
+        leaves = jax.tree_util.tree_leaves(theta)[:-1] + [leaf + sign * bump]
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(theta), leaves)
+
+    fd = (
+        rc.deep_objective(policy, shift(1), base, jnp.asarray(h), inst.lam, spec)
+        - rc.deep_objective(policy, shift(-1), base, jnp.asarray(h), inst.lam, spec)
+    ) / (2 * FD_STEP)
+    assert_close(
+        fd, jax.tree_util.tree_leaves(total)[-1][(0,) * leaf.ndim], FINITE_DIFFERENCE, "finite difference"
+    )
+
+    # no-recovery probabilities and attack success
+    log_n = rc.log_no_recovery(levels, spec.mask)
+    for k in range(T):
+        want = [_brute_no_recovery(probs, p, recovery) for p in reference.sequences(v, k)]
+        assert_close(jnp.exp(log_n[k]), want, what=f"P(no recovery after length-{k} prefix)")
+        assert_close(
+            rc.attack_success(levels, spec)[k], np.dot(q[k], want), what=f"attack success at depth {k}"
+        )
+
+    # the Gibbs-form policy has the Gibbs recovery probabilities
+    inside, _ = rc.log_recovery_probability(rc.gibbs_policy(base, spec), spec.mask)
+    for t, g in enumerate(rc.gibbs_recovery(base, spec)):
+        assert_close(jnp.exp(inside[t]), g, what=f"Gibbs recovery at position {t + 1}")
+
+
+@settings(max_examples=4)
+@given(cases())
+def test_other_q_constructions_match_brute_force(case):
+    inst, recovery, mu, gamma, theta = case
+    policy, v, T = inst.policy, inst.policy.vocab_size, inst.policy.horizon
+    probs = reference.sequence_probs(policy, theta)
+    want = _brute_marginals(probs, {y: 1.0 for y in probs}, v, T)
+    for t, got in enumerate(rc.policy_prefix_marginals(toysim.forward(policy, theta))):
+        assert_close(got, want[t], what=f"jailbroken Q_{t}")
+    seqs = reference.sequences(v, T)[:: max(1, len(probs) // 3)]
+    weights = [1.0 + i for i in range(len(seqs))]
+    w_of = {y: 0.0 for y in probs}
+    for y, w in zip(seqs, weights):
+        w_of[y] += w
+    want = _brute_marginals({y: 1.0 for y in probs}, w_of, v, T)
+    for t, got in enumerate(rc.sequence_prefix_marginals(seqs, weights, v, T)):
+        assert_close(got, want[t], what=f"sequence Q_{t}")
+
+
+@given(st.floats(0.01, 0.9), st.floats(0.1, 5.0), st.floats(0.1, 0.99), st.floats(0.01, 0.99))
+def test_attack_length_is_where_the_guarantee_reaches_delta(p_min, mu, gamma, frac):
+    delta = p_min + frac * (1 - p_min)
+    t = rc.attack_length(delta, p_min, mu, gamma)
+    assert abs(rc.guaranteed_recovery(p_min, mu, gamma, t) - delta) <= IDENTITY
+    assert rc.guaranteed_recovery(p_min, mu, gamma, t - 0.5) > delta
+    assert rc.guaranteed_recovery(p_min, mu, gamma, t + 0.5) < delta
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def _run_check(check, inputs):
+    for x in inputs:
+        q = check.compute(x)
+        assert check.residual(q) <= check.tolerance, f"{check.name}: residual {check.residual(q):.3e}"
+        for name, corrupt in check.corruptions.items():
+            assert check.residual(corrupt(q)) > check.tolerance, f"{check.name}: control {name!r} passed"
+
+
+@pytest.mark.parametrize(
+    "module", [gibbs_form, robustness_bound, attack_length_check, prefill_attack], ids=lambda m: m.__name__
+)
+def test_trained_checks_hold_and_controls_fail(module):
+    for check in module.CHECKS:
+        if check.kind == "theorem":
+            _run_check(check, range(len(gibbs_form.CASES)))
+
+
+def test_joint_optimum_is_not_the_gibbs_form():
+    # finding: the joint optimum's recovery after harmful prefixes is far above the Gibbs value
+    (check,) = [c for c in gibbs_form.CHECKS if c.name == "gibbs_form_joint"]
+    assert check.kind == "finding"
+    assert check.evaluate(0) > 0.1
+
+
+@settings(max_examples=3)
+@given(st.data())
+def test_sampled_checks_hold_and_controls_fail(data):
+    for module in (recovery_gradient, augmentation):
+        for check in module.CHECKS:
+            _run_check(check, [data.draw(check.instances())])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _q(v=2, T=2):
+    return rc.sequence_prefix_marginals([[0] * T, [1] * T], [1.0, 1.0], v, T)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"recovery": []}, "recovery"),
+        ({"recovery": [2]}, "recovery"),
+        ({"recovery": [0, 1]}, "recovery"),
+        ({"mu": 0.0}, "mu"),
+        ({"mu": float("nan")}, "mu"),
+        ({"gamma": 0.0}, "gamma"),
+        ({"gamma": 1.5}, "gamma"),
+        ({"q_prefix": [np.ones(1), np.array([0.3, 0.3])]}, "q"),
+        ({"q_prefix": [np.ones(1), np.array([1.5, -0.5])]}, "q"),
+        ({"q_prefix": [np.ones(1), np.ones(3) / 3]}, "q"),
+    ],
+)
+def test_recovery_spec_rejects_bad_settings(kwargs, word):
+    args = {"vocab_size": 2, "recovery": [0], "q_prefix": _q(), "mu": 1.0, "gamma": 0.5, **kwargs}
+    with pytest.raises(ValueError, match=word):
+        rc.recovery_spec(**args)
+
+
+def test_harmless_instance_has_no_harmful_q():
+    policy = toysim.TabularPolicy(2, 2)
+    base = toysim.forward(policy, policy.init(jax.random.key(0)))
+    with pytest.raises(ValueError, match="q = harmful.*E_0\\[h\\] = 0"):
+        rc.harmful_prefix_marginals(base, jnp.zeros(4))
+
+
+@pytest.mark.parametrize(
+    "delta, p_min, gamma, word",
+    [(0.1, 0.2, 0.5, "delta"), (1.0, 0.2, 0.5, "delta"), (0.5, 0.2, 1.0, "gamma")],
+)
+def test_attack_length_rejects_bad_settings(delta, p_min, gamma, word):
+    with pytest.raises(ValueError, match=word):
+        rc.attack_length(delta, p_min, 1.0, gamma)
+
+
+def test_sequence_marginals_reject_bad_sequences():
+    with pytest.raises(ValueError, match="q sequence"):
+        rc.sequence_prefix_marginals([[0, 2]], [1.0], 2, 2)
+    with pytest.raises(ValueError, match="q weight"):
+        rc.sequence_prefix_marginals([[0, 1]], [0.0], 2, 2)
+
+
+# --------------------------------------------------------------------------- CLI
+
+INSTANCE = {
+    "format": "toysim.instance/1",
+    "vocab_size": 2,
+    "horizon": 2,
+    "lambda": 1.0,
+    "policy": {"kind": "tabular", "logits": [[0.1, -0.3], [0.2, 0.0], [-1.0, 0.5]]},
+    "harm": {"kind": "table", "values": [0.0, 0.0, 1.0, 1.0]},
+}
+
+
+def _cli(tmp_path, capsys, *argv, instance=INSTANCE):
+    path = tmp_path / "instance.json"
+    path.write_text(json.dumps(instance))
+    code = main(["deep", str(path), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_report(tmp_path, capsys):
+    code, out, err = _cli(
+        tmp_path, capsys, "--recovery", "0", "--mu", "1", "--gamma", "0.5", "--delta", "0.6"
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    grads = report["gradient_norm_by_position"]
+    assert report["uniform_horizon"] == 1
+    assert grads["plain_harm"][1] == 0.0 and grads["deep"][1] > 1e-3  # the penalty reaches t > k
+    assert grads["recovery_closed_form"] == pytest.approx(grads["recovery_autodiff"], abs=1e-12)
+    assert report["gibbs_gap"]["separable_past_horizon"] < 1e-9
+    curves = report["attack_success"]
+    assert curves["standard"][1] == curves["base"][1]
+    assert all(d < s for d, s in zip(curves["deep"], curves["standard"]))
+    mins = report["separable_min_recovery_past_horizon_by_position"]
+    assert min(m for m in mins if m is not None) >= report["robustness_bound"] - 1e-9
+    assert rc.guaranteed_recovery(report["p_min"], 1.0, 0.5, report["attack_length"]) == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize(
+    "argv, word",
+    [
+        (["--recovery", "5"], "recovery"),
+        (["--recovery", "0,1"], "recovery"),
+        (["--recovery", "a"], "recovery"),
+        (["--recovery", "0", "--mu", "0"], "mu"),
+        (["--recovery", "0", "--gamma", "2"], "gamma"),
+        (["--recovery", "0", "--q", "nonsense"], "--q"),
+        (["--recovery", "0", "--q", "jailbroken:/nonexistent.json"], "nonexistent"),
+        (["--recovery", "0", "--gamma", "0.5", "--delta", "1.5"], "delta"),
+        (["--recovery", "0", "--steps", "0"], "steps"),
+    ],
+)
+def test_cli_bad_input(tmp_path, capsys, argv, word):
+    code, out, err = _cli(tmp_path, capsys, *argv)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and word in err
+
+
+def test_cli_harmless_instance(tmp_path, capsys):
+    harmless = {**INSTANCE, "harm": {"kind": "table", "values": [0.0, 0.0, 0.0, 0.0]}}
+    code, _, err = _cli(tmp_path, capsys, "--recovery", "0", instance=harmless)
+    assert code == 2 and "E_0[h] = 0" in err
+
+
+def test_cli_jailbroken_shape_mismatch(tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_text(
+        json.dumps(
+            {
+                **INSTANCE,
+                "horizon": 1,
+                "policy": {"kind": "tabular", "logits": [[0.0, 1.0]]},
+                "harm": {"kind": "table", "values": [0.0, 1.0]},
+            }
+        )
+    )
+    code, _, err = _cli(tmp_path, capsys, "--recovery", "0", "--q", f"jailbroken:{other}")
+    assert code == 2 and "jailbroken" in err

@@ -1,0 +1,700 @@
+"""Recovery penalties and deep alignment (THEORY.md sections 8 and 9).
+
+Deep alignment adds to the standard objective a penalty for *not* recovering after an adversarial
+prefix: with recovery tokens ``R ⊂ V``, an adversarial prefix distribution ``Q`` and weights
+``μ > 0``, ``γ ∈ (0, 1]`` [Def 16],
+
+    L_deep(θ) = λ E_{π_θ}[h] + μ E_{y~Q}[Σ_t γ^{t−1} (1 − π_θ(R | y_<t))] + KL(π_θ ‖ π_0).
+
+``Q`` enters only through its prefix marginals ``Q_t(p)`` (``t = 0..T−1``), so it is stored as
+``T`` arrays of shapes ``(V**t,)`` in the engine's lexicographic layout (:class:`RecoverySpec`).
+Everything is computed from the engine's levels (``toysim.forward``): ``π(R | p)`` is a
+``logsumexp`` over the recovery columns of ``log π(·|p)``, the penalty is a ``Q``-weighted sum of
+those per level, and the probability of never recovering after a prefix is a masked log-space
+backward pass over the same levels (:func:`log_no_recovery`).
+
+Results checked here (proofs_check/recovery_gradient.py, gibbs_form.py, robustness_bound.py,
+attack_length.py, prefill_attack.py, augmentation.py):
+
+* the recovery term's gradient at position ``t`` is ``−μγ^{t−1} E_Q[∇π_θ(R | y_<t)]``, non-zero at
+  every position (beyond the harm horizon included) where the plain objective's ``G_t`` is zero;
+* [Thm 20] Gibbs form ``π*(R | p) = σ(logit π_0(R | p) + μγ^{t−1})``, exact for the separable
+  tabular objective, an approximation for the joint one;
+* [Thm 22] ``π*(R | p) ≥ σ(logit p_min + μγ^{T−1})`` and [Cor 23] the attack length ``t_attack(δ)``;
+* prefilling-attack curves (Qi et al.) and data augmentation as a sampled recovery penalty.
+
+Design decision: ``R`` must be a non-empty *proper* subset of the vocabulary. With ``R = V`` every
+policy has ``π(R | p) = 1``, the penalty is the constant 0, ``logit π_0(R | p) = +∞`` and there is
+nothing to learn or to bound, so :func:`recovery_spec` refuses it with a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._enumerate import Levels, backward, levels_from_log_cond, log_cond_untied
+from ._equilibrium import kl_by_position, tilt
+from ._gradient import covariance_gradient
+from ._harms import harm_values
+from ._horizon import determined_masks, uniform_horizon
+from ._martingale import harm_martingale
+from ._optimize import Objective, OptimizeResult, minimize
+from ._policies import TabularPolicy
+
+PyTree = Any
+
+# Tolerance for a user-given Q: prefix marginals must sum to one and be consistent across lengths
+# (Q_t(p) = Σ_v Q_{t+1}(p·v)) up to this, far above float64 rounding of sums of V**T terms.
+Q_CONSISTENCY_TOLERANCE = 1e-9
+
+
+class RecoverySpec(NamedTuple):
+    """The recovery penalty's data [Def 16].
+
+    Attributes:
+      mask: boolean ``(V,)``, ``True`` on the recovery tokens ``R``.
+      q_prefix: ``T`` arrays; entry ``t`` of shape ``(V**t,)`` holds ``Q_t(p)``, the probability
+        under ``Q`` that a response starts with the length-``t`` prefix ``p`` (entry 0 is ``[1]``).
+      mu: ``μ > 0``.
+      gamma: ``γ ∈ (0, 1]``.
+    """
+
+    mask: np.ndarray
+    q_prefix: tuple[np.ndarray, ...]
+    mu: float
+    gamma: float
+
+    @property
+    def horizon(self) -> int:
+        return len(self.q_prefix)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def discounts(self) -> np.ndarray:
+        """``μ γ^{t−1}`` for ``t = 1..T``."""
+        return self.mu * self.gamma ** np.arange(self.horizon, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def recovery_mask(tokens: Sequence[int], vocab_size: int) -> np.ndarray:
+    """The boolean mask of a recovery set ``R``.
+
+    Raises:
+      ValueError: if ``R`` is empty, has a token outside ``0..V−1``, or is the whole vocabulary.
+    """
+    toks = list(tokens)
+    if not toks:
+        raise ValueError("recovery must name at least one token, got an empty set")
+    for tok in toks:
+        if isinstance(tok, bool) or not isinstance(tok, (int, np.integer)) or not 0 <= tok < vocab_size:
+            raise ValueError(f"recovery token {tok!r} is outside the vocabulary 0..{vocab_size - 1}")
+    mask = np.zeros(vocab_size, dtype=bool)
+    mask[np.asarray(toks, dtype=int)] = True
+    if mask.all():
+        raise ValueError(
+            "recovery must be a proper subset of the vocabulary: with R = V every policy has "
+            "π(R|p) = 1, the penalty is constant and there is nothing to learn"
+        )
+    return mask
+
+
+def _check_weights(mu: float, gamma: float) -> tuple[float, float]:
+    try:
+        mu, gamma = float(mu), float(gamma)
+    except (TypeError, ValueError):
+        raise ValueError(f"mu and gamma must be numbers, got mu={mu!r}, gamma={gamma!r}") from None
+    if not (math.isfinite(mu) and mu > 0):
+        raise ValueError(f"mu must be a finite number > 0, got {mu}")
+    if not (math.isfinite(gamma) and 0 < gamma <= 1):
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    return mu, gamma
+
+
+def recovery_spec(
+    vocab_size: int,
+    recovery: Sequence[int],
+    q_prefix: Sequence[Any],
+    mu: float = 1.0,
+    gamma: float = 1.0,
+) -> RecoverySpec:
+    """Validate and bundle the recovery penalty's data.
+
+    Args:
+      vocab_size: ``V``.
+      recovery: the recovery tokens ``R`` (a non-empty proper subset of ``0..V−1``).
+      q_prefix: ``Q``'s prefix marginals, ``T`` arrays of shapes ``(V**t,)``, e.g. from
+        :func:`harmful_prefix_marginals`, :func:`policy_prefix_marginals` or
+        :func:`sequence_prefix_marginals`.
+      mu: ``μ > 0``.
+      gamma: ``γ ∈ (0, 1]``.
+
+    Returns:
+      :class:`RecoverySpec`.
+
+    Raises:
+      ValueError: naming ``recovery``, ``mu``, ``gamma`` or ``q`` (wrong shapes, negative or
+        non-finite entries, no mass, marginals that do not sum to one or are inconsistent).
+
+    Example:
+      >>> spec = recovery_spec(2, [0], [np.ones(1), np.array([0.5, 0.5])], mu=2.0, gamma=0.5)
+      >>> spec.discounts.tolist()
+      [2.0, 1.0]
+    """
+    mu, gamma = _check_weights(mu, gamma)
+    mask = recovery_mask(recovery, vocab_size)
+    q = [np.asarray(x, dtype=np.float64).reshape(-1) for x in q_prefix]
+    if not q:
+        raise ValueError("q must give prefix marginals for t = 0..T-1, got none")
+    for t, qt in enumerate(q):
+        if qt.shape != (vocab_size**t,):
+            raise ValueError(f"q at length {t} must have shape ({vocab_size**t},), got {qt.shape}")
+        if not np.all(np.isfinite(qt)) or np.any(qt < 0):
+            raise ValueError(f"q at length {t} must be finite and non-negative")
+        if not abs(qt.sum() - 1.0) <= Q_CONSISTENCY_TOLERANCE:
+            raise ValueError(f"q at length {t} must sum to 1 (does Q have mass?), got {qt.sum()}")
+        if t > 0:
+            parents = qt.reshape(-1, vocab_size).sum(axis=1)
+            if np.max(np.abs(parents - q[t - 1])) > Q_CONSISTENCY_TOLERANCE:
+                raise ValueError(
+                    f"q is inconsistent: the length-{t} marginals do not add up to the length-{t - 1} ones"
+                )
+    return RecoverySpec(mask, tuple(q), mu, gamma)
+
+
+def harmful_prefix_marginals(base: Levels, h: Float[Array, " leaves"]) -> tuple[np.ndarray, ...]:
+    """Prefix marginals of ``Q = π_0`` conditioned on harm, ``Q(y) ∝ π_0(y) h(y)``.
+
+    ``Q_t(p) = P_0(p) · H_0(p) / E_0[h]`` with ``H_0 = E_{π_0}[h | p]`` from the engine's
+    backward pass.
+
+    Args:
+      base: ``π_0`` on the tree.
+      h: leaf harms ``(V**T,)``.
+
+    Returns:
+      ``T`` arrays, entry ``t`` of shape ``(V**t,)``.
+
+    Raises:
+      ValueError: if ``E_0[h] = 0`` (``Q`` has no mass).
+    """
+    H = backward(base, jnp.asarray(h))
+    total = float(H[0][0])
+    if not total > 0:
+        raise ValueError("q = harmful (π_0 conditioned on harm) has no mass: E_0[h] = 0")
+    return tuple(np.asarray(jnp.exp(base.log_prefix[t]) * H[t] / total) for t in range(base.horizon))
+
+
+def policy_prefix_marginals(levels: Levels) -> tuple[np.ndarray, ...]:
+    """Prefix marginals ``P(p)`` of a policy (e.g. a jailbroken one), lengths ``0..T−1``."""
+    return tuple(np.asarray(jnp.exp(lp)) for lp in levels.log_prefix[:-1])
+
+
+def sequence_prefix_marginals(
+    sequences: Sequence[Sequence[int]], weights: Sequence[float], vocab_size: int, horizon: int
+) -> tuple[np.ndarray, ...]:
+    """Prefix marginals of explicit weighted responses, ``Q(y) ∝ weight(y)``.
+
+    Args:
+      sequences: responses of length ``T`` (token lists).
+      weights: positive weights, one per response (repeats add up).
+      vocab_size: ``V``.
+      horizon: ``T``.
+
+    Raises:
+      ValueError: naming ``q`` for a wrong length, a token outside the vocabulary or a
+        non-positive weight.
+    """
+    if len(sequences) == 0 or len(sequences) != len(weights):
+        raise ValueError("q sequences and weights must be non-empty and of equal length")
+    leaf = np.zeros(vocab_size**horizon)
+    for y, w in zip(sequences, weights):
+        if len(y) != horizon or any(not 0 <= int(tok) < vocab_size for tok in y):
+            raise ValueError(f"q sequence {list(y)} must have {horizon} tokens in 0..{vocab_size - 1}")
+        if not (math.isfinite(float(w)) and float(w) > 0):
+            raise ValueError(f"q weight must be a finite number > 0, got {w}")
+        index = 0
+        for tok in y:
+            index = index * vocab_size + int(tok)
+        leaf[index] += float(w)
+    leaf = leaf / leaf.sum()
+    out = [leaf]
+    for _ in range(horizon):
+        out.append(out[-1].reshape(-1, vocab_size).sum(axis=1))
+    return tuple(reversed(out[1:]))
+
+
+# --------------------------------------------------------------------------- the objective
+
+
+def log_recovery_probability(levels: Levels, mask: np.ndarray) -> tuple[Array, ...]:
+    """``log π(R | p)`` and ``log π(R^c | p)`` at every prefix of lengths ``0..T−1``.
+
+    Returns:
+      A pair of tuples of ``T`` arrays ``(V**t,)``; the complement is summed directly, so
+      ``1 − π(R | p)`` keeps full relative precision when ``π(R | p)`` is close to one.
+    """
+    inside = tuple(jax.nn.logsumexp(jnp.where(mask, lc, -jnp.inf), axis=-1) for lc in levels.log_cond)
+    outside = tuple(jax.nn.logsumexp(jnp.where(mask, -jnp.inf, lc), axis=-1) for lc in levels.log_cond)
+    return inside, outside
+
+
+@jax.jit
+def recovery_penalty(levels: Levels, spec: RecoverySpec) -> Array:
+    """The recovery term ``μ Σ_t γ^{t−1} Σ_p Q_{t−1}(p) (1 − π(R | p))`` [Def 16].
+
+    Example:
+      >>> lv = forward(TabularPolicy(2, 1), (jnp.zeros((1, 2)),))
+      >>> spec = recovery_spec(2, [0], [np.ones(1)], mu=2.0)
+      >>> float(recovery_penalty(lv, spec))  # 2 · (1 − 1/2)
+      1.0
+    """
+    _, outside = log_recovery_probability(levels, spec.mask)
+    return sum(d * jnp.sum(q * jnp.exp(lo)) for d, q, lo in zip(spec.discounts, spec.q_prefix, outside))
+
+
+def _objective(levels: Levels, base: Levels, h: Array, lam: float, spec: RecoverySpec | None) -> Array:
+    """``λ E[h] + KL(π ‖ π_0)`` (+ the recovery term when ``spec`` is given), from levels."""
+    value = lam * jnp.sum(jnp.exp(levels.log_prefix[-1]) * h) + jnp.sum(kl_by_position(levels, base))
+    return value if spec is None else value + recovery_penalty(levels, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("policy",))
+def deep_objective(
+    policy: Any, params: PyTree, base: Levels, h: Float[Array, " leaves"], lam: float, spec: RecoverySpec
+) -> Array:
+    """``L_deep(θ) = λ E[h] + μ E_Q[Σ_t γ^{t−1}(1 − π_θ(R|y_<t))] + KL(π_θ ‖ π_0)`` (THEORY 8).
+
+    The KL is the sequence KL, computed by the chain rule ``Σ_t E_{p~π_θ}[KL(π_θ(·|p) ‖ π_0(·|p))]``.
+
+    Args:
+      policy: the trained policy's family.
+      params: its parameters ``θ``.
+      base: ``π_0`` on the tree.
+      h: leaf harms ``(V**T,)``.
+      lam: ``λ >= 0``.
+      spec: the recovery data.
+
+    Returns:
+      The scalar objective, differentiable in ``params``.
+    """
+    return _objective(
+        levels_from_log_cond(log_cond_untied(policy, [params] * policy.horizon)), base, h, lam, spec
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("policy", "terms"))
+def gradient_by_position(
+    policy: Any,
+    params: PyTree,
+    base: Levels,
+    h: Float[Array, " leaves"],
+    lam: float,
+    spec: RecoverySpec | None,
+    *,
+    terms: str = "all",
+) -> tuple[PyTree, ...]:
+    """Per-position gradients of ``L_deep`` (or of the plain objective when ``spec`` is None).
+
+    Untied as in :func:`toysim.untied_autodiff_gradient`: reverse-mode derivative of the objective
+    with respect to each level's logits, pulled back through that level's parameterisation, so
+    that the ``T`` results add up to ``∇_θ L``.
+
+    Args:
+      terms: ``"all"`` (the whole objective) or ``"recovery"`` (the recovery term alone).
+
+    Returns:
+      ``T`` pytrees shaped like ``params``.
+    """
+    logits = tuple(policy.logits(params, t) for t in range(policy.horizon))
+
+    def objective(level_logits):
+        lv = levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in level_logits))
+        if terms == "recovery":
+            return recovery_penalty(lv, spec)
+        return _objective(lv, base, h, lam, spec)
+
+    cotangents = jax.grad(objective)(logits)
+    out = []
+    for t in range(policy.horizon):
+        _, vjp = jax.vjp(lambda theta, t=t: policy.logits(theta, t), params)
+        out.append(vjp(cotangents[t])[0])
+    return tuple(out)
+
+
+@functools.partial(jax.jit, static_argnames=("policy",))
+def recovery_gradient(policy: Any, params: PyTree, spec: RecoverySpec) -> tuple[PyTree, ...]:
+    """Closed form of the recovery term's per-position gradient: ``−μγ^{t−1} E_Q[∇π_θ(R | y_<t)]``.
+
+    For softmax logits ``∂π(R|p)/∂logit(p, v) = π(v|p) (1[v ∈ R] − π(R|p))``, so the gradient at
+    position ``t`` is the VJP of the level-``t−1`` logits with weights
+    ``w_t(p, v) = −μγ^{t−1} Q(p) π(v|p) (1[v ∈ R] − π(R|p))``. It is non-zero wherever ``Q`` has
+    mass and ``0 < π(R|p) < 1``, beyond the harm horizon included (THEORY 8).
+
+    Returns:
+      ``T`` pytrees shaped like ``params``.
+    """
+    levels = levels_from_log_cond(log_cond_untied(policy, [params] * policy.horizon))
+    inside, _ = log_recovery_probability(levels, spec.mask)
+    out = []
+    for t, lc in enumerate(levels.log_cond):
+        probs = jnp.exp(lc)
+        w = -spec.discounts[t] * spec.q_prefix[t][:, None] * probs * (spec.mask - jnp.exp(inside[t])[:, None])
+        _, vjp = jax.vjp(lambda theta, t=t: policy.logits(theta, t), params)
+        out.append(vjp(w.astype(lc.dtype))[0])
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- Gibbs form and training
+
+
+def logit_recovery(levels: Levels, mask: np.ndarray) -> tuple[Array, ...]:
+    """``logit π(R | p) = log π(R | p) − log π(R^c | p)`` at every prefix of lengths ``0..T−1``."""
+    inside, outside = log_recovery_probability(levels, mask)
+    return tuple(i - o for i, o in zip(inside, outside))
+
+
+def gibbs_recovery(base: Levels, spec: RecoverySpec) -> tuple[Array, ...]:
+    """[Thm 20] ``π*(R | p) = σ(logit π_0(R | p) + μγ^{t−1})`` at every prefix of length ``t − 1``."""
+    return tuple(jax.nn.sigmoid(z + d) for z, d in zip(logit_recovery(base, spec.mask), spec.discounts))
+
+
+def gibbs_policy(base: Levels, spec: RecoverySpec) -> Levels:
+    """The Gibbs-form policy ``π*(v | p) ∝ π_0(v | p) exp(μγ^{t−1} 1[v ∈ R])`` at every prefix."""
+    log_cond = tuple(
+        jax.nn.log_softmax(lc + d * spec.mask, axis=-1) for lc, d in zip(base.log_cond, spec.discounts)
+    )
+    return levels_from_log_cond(log_cond)
+
+
+def separable_objective(
+    params: tuple[Array, ...], base: Levels, h: Float[Array, " leaves"], lam: float, spec: RecoverySpec
+) -> Array:
+    """The separable tabular objective for which the Gibbs form is exact (THEORY 8, *ours*).
+
+    ``Σ_t Σ_p Q(p) [μγ^{t−1}(1 − π(R|p)) + KL(π(·|p) ‖ π_0(·|p))] + λ E_π[h]``: prefixes are weighted
+    by ``Q`` rather than by ``π``. With ``λ = 0`` the minimiser is the Gibbs form at every prefix
+    with ``Q(p) > 0``; with ``λ > 0`` at every such prefix past the harm horizon (there the harm
+    term's derivative with respect to the prefix's logits vanishes). At ``Q(p) = 0`` the objective
+    does not depend on the prefix's logits (flat).
+
+    Args:
+      params: tabular logits, ``T`` arrays ``(V**t, V)``.
+    """
+    levels = levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in params))
+    _, outside = log_recovery_probability(levels, spec.mask)
+    value = lam * jnp.sum(jnp.exp(levels.log_prefix[-1]) * h)
+    for t, (lc, blc) in enumerate(zip(levels.log_cond, base.log_cond)):
+        kl = jnp.sum(jnp.exp(lc) * (lc - blc), axis=-1)
+        value = value + jnp.sum(spec.q_prefix[t] * (spec.discounts[t] * jnp.exp(outside[t]) + kl))
+    return value
+
+
+def train_deep(
+    base: Levels,
+    h: Float[Array, " leaves"],
+    lam: float,
+    spec: RecoverySpec,
+    *,
+    objective: str = "joint",
+    steps: int = 300,
+    optimizer: str = "lbfgs",
+    callback: Callable | None = None,
+) -> tuple[Levels, OptimizeResult]:
+    """Minimise ``L_deep`` (``"joint"``) or the separable objective over tabular policies.
+
+    Training starts at ``π_0`` (tabular logits ``log π_0(·|p)``) and uses
+    :func:`toysim._optimize.minimize`.
+
+    Returns:
+      The trained policy's levels and the optimiser's record.
+
+    Raises:
+      ValueError: for an unknown ``objective`` (and from ``minimize`` for bad settings).
+    """
+    if objective not in ("joint", "separable"):
+        raise ValueError(f"objective must be 'joint' or 'separable', got {objective!r}")
+    horizon, vocab = base.horizon, base.vocab_size
+    policy = TabularPolicy(vocab, horizon)
+    h = jnp.asarray(h)
+    # Objective + args: one compiled optimiser step per shape, reused across calls.
+    loss = Objective(deep_objective, (policy,)) if objective == "joint" else Objective(separable_objective)
+    result = minimize(
+        loss,
+        tuple(base.log_cond),
+        args=(base, h, jnp.float64(lam), spec),
+        optimizer=optimizer,
+        steps=steps,
+        callback=callback,
+        progress=False,
+    )
+    levels = levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in result.params))
+    return levels, result
+
+
+def gibbs_gap(
+    levels: Levels, base: Levels, spec: RecoverySpec, where: Sequence[Array] | None = None
+) -> float:
+    """``max |π(R|p) − σ(logit π_0(R|p) + μγ^{t−1})|`` over prefixes with ``Q(p) > 0``.
+
+    Args:
+      where: optional extra boolean masks per level (e.g. determined prefixes, past the horizon).
+    """
+    gibbs = gibbs_recovery(base, spec)
+    inside, _ = log_recovery_probability(levels, spec.mask)
+    err = 0.0
+    for t in range(base.horizon):
+        sel = np.asarray(spec.q_prefix[t]) > 0
+        if where is not None:
+            sel = sel & np.asarray(where[t])
+        if sel.any():
+            err = max(err, float(np.max(np.abs(np.asarray(jnp.exp(inside[t]) - gibbs[t])[sel]))))
+    return err
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def min_recovery_probability(base: Levels, mask: np.ndarray) -> float:
+    """``p_min = min_p π_0(R | p)`` over every prefix of lengths ``0..T−1``."""
+    inside, _ = log_recovery_probability(base, mask)
+    return float(np.exp(min(float(jnp.min(x)) for x in inside)))
+
+
+def guaranteed_recovery(p_min: float, mu: float, gamma: float, t: Any) -> Any:
+    """``σ(logit p_min + μγ^{t−1})``: the recovery probability guaranteed at position ``t`` [Thm 22]."""
+    t = np.asarray(t, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-(math.log(p_min) - math.log1p(-p_min) + mu * gamma ** (t - 1.0))))
+
+
+def robustness_bound(base: Levels, spec: RecoverySpec) -> float:
+    """[Thm 22] ``σ(logit p_min + μγ^{T−1})``, ``p_min = min_p π_0(R | p)``.
+
+    It bounds from below, at every position ``t = 1..T`` and every prefix ``p`` with ``Q(p) > 0``,
+    the one-step recovery probability ``π*(R | p)`` of the Gibbs-form optimum.
+    """
+    return float(
+        guaranteed_recovery(min_recovery_probability(base, spec.mask), spec.mu, spec.gamma, spec.horizon)
+    )
+
+
+def attack_length(delta: float, p_min: float, mu: float, gamma: float) -> float:
+    """[Cor 23] ``t_attack(δ) = 1 + (log μ − log(logit δ − logit p_min)) / log(1/γ)``.
+
+    The (real) prefill length at which the guaranteed recovery ``σ(logit p_min + μγ^{t−1})`` falls
+    to ``δ``: above ``δ`` for ``t < t_attack``, at most ``δ`` for ``t >= t_attack``.
+
+    Raises:
+      ValueError: unless ``p_min < δ < 1``, ``0 < γ < 1`` and ``μ > 0``.
+    """
+    mu, gamma = _check_weights(mu, gamma)
+    if not gamma < 1:
+        raise ValueError("gamma must be < 1 for an attack length (with gamma = 1 the guarantee never decays)")
+    if not 0 < p_min < 1:
+        raise ValueError(f"p_min must be in (0, 1), got {p_min}")
+    if not (math.isfinite(delta) and p_min < delta < 1):
+        raise ValueError(f"delta must satisfy p_min < delta < 1 (p_min = {p_min:.6g}), got {delta}")
+    gap = math.log(delta) - math.log1p(-delta) - (math.log(p_min) - math.log1p(-p_min))
+    return 1.0 + (math.log(mu) - math.log(gap)) / math.log(1.0 / gamma)
+
+
+# --------------------------------------------------------------------------- prefilling attacks
+
+
+@jax.jit
+def log_no_recovery(levels: Levels, mask: np.ndarray) -> tuple[Array, ...]:
+    """``log P(no recovery token in positions t+1..T | p)`` at every prefix ``p`` of length ``t``.
+
+    A masked log-space backward pass over the engine's levels:
+    ``log N_t(p) = logsumexp_{v ∉ R}(log π(v|p) + log N_{t+1}(p·v))``, ``log N_T = 0``.
+
+    Returns:
+      ``T + 1`` arrays, entry ``t`` of shape ``(V**t,)``.
+    """
+    out = [jnp.zeros_like(levels.log_prefix[-1])]
+    for lc in reversed(levels.log_cond):
+        child = out[-1].reshape(lc.shape)
+        out.append(jax.nn.logsumexp(jnp.where(mask, -jnp.inf, lc + child), axis=-1))
+    return tuple(reversed(out))
+
+
+@jax.jit
+def attack_success(levels: Levels, spec: RecoverySpec) -> Float[Array, " T"]:
+    """Prefilling-attack success at depth ``k``: ``E_{p ~ Q_k}[P_θ(no recovery token after p)]``.
+
+    (THEORY 9, toy version of Qi et al.) For ``k = 0..T−1``.
+    """
+    log_n = log_no_recovery(levels, spec.mask)
+    return jnp.stack([jnp.sum(spec.q_prefix[k] * jnp.exp(log_n[k])) for k in range(levels.horizon)])
+
+
+def standard_optimum(base: Levels, h: Float[Array, " leaves"], lam: float) -> Levels:
+    """The standard-aligned optimum ``π* ∝ π_0 e^{−λh}`` (``toysim.tilt``)."""
+    return tilt(base, jnp.asarray(h), lam).levels
+
+
+# --------------------------------------------------------------------------- data augmentation
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples",))
+def augmentation_samples(key: jax.Array, levels: Levels, spec: RecoverySpec, num_samples: int) -> Array:
+    """Monte-Carlo samples of the recovery term by Qi et al.'s augmentation recipe (THEORY 9).
+
+    Each sample draws a harmful response prefix ``y ~ Q`` (its first ``T − 1`` tokens, from
+    ``Q_{T−1}``), a uniform prefix length ``t − 1`` with ``t ~ U{1..T}``, and scores the
+    recovery target after ``y_<t``: ``T · μγ^{t−1} · (1 − π(R | y_<t))``. Its mean is exactly the
+    recovery term (``Q``'s marginals are consistent across lengths).
+
+    Args:
+      key: a ``jax.random`` key.
+      num_samples: ``N >= 1``.
+
+    Returns:
+      ``(N,)`` samples.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    T, V = spec.horizon, spec.vocab_size
+    k_resp, k_len = jax.random.split(key)
+    q_last = jnp.asarray(spec.q_prefix[-1])
+    response = jax.random.categorical(k_resp, jnp.log(q_last), shape=(num_samples,))
+    t = jax.random.randint(k_len, (num_samples,), 1, T + 1)
+    prefix = response // V ** (T - t)  # index of y_<t among prefixes of length t − 1
+    _, outside = log_recovery_probability(levels, spec.mask)
+    values = jnp.zeros(num_samples)
+    for s in range(1, T + 1):
+        picked = jnp.exp(outside[s - 1])[jnp.where(t == s, prefix, 0)]
+        values = jnp.where(t == s, T * spec.discounts[s - 1] * picked, values)
+    return values
+
+
+def augmentation_variance(levels: Levels, spec: RecoverySpec) -> float:
+    """Exact variance of one :func:`augmentation_samples` draw (for a concentration bound)."""
+    _, outside = log_recovery_probability(levels, spec.mask)
+    T = spec.horizon
+    second = sum(
+        float(jnp.sum(spec.q_prefix[t] * (T * spec.discounts[t] * jnp.exp(outside[t])) ** 2)) / T
+        for t in range(T)
+    )
+    mean = float(recovery_penalty(levels, spec))
+    return max(second - mean**2, 0.0)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _norms(grads) -> list[float]:
+    return [float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(g)))) for g in grads]
+
+
+def deep_report(
+    instance: Any,
+    recovery: Sequence[int],
+    *,
+    mu: float = 1.0,
+    gamma: float = 1.0,
+    q: str = "harmful",
+    jailbroken: Any = None,
+    steps: int = 300,
+    delta: float | None = None,
+) -> dict:
+    """Everything THEORY.md §8-9 says about one instance, as a JSON-ready dict (``toysim deep``).
+
+    The instance's policy is ``π_0``. Gradients are taken in the instance's own parameterisation at
+    ``θ = θ_0``; optima are over all (tabular) policies: the standard-aligned one is the tilt, the
+    deep-aligned ones are trained by L-BFGS from ``π_0``.
+
+    Args:
+      instance: a :class:`toysim.Instance`.
+      recovery: recovery tokens ``R``.
+      mu: ``μ > 0``.
+      gamma: ``γ ∈ (0, 1]``.
+      q: ``"harmful"`` (``π_0`` conditioned on harm) or ``"jailbroken"`` (then ``jailbroken`` is an
+        :class:`toysim.Instance` whose policy gives ``Q``).
+      steps: L-BFGS steps for each trained optimum.
+      delta: if given, report ``t_attack(δ)`` [Cor 23] (needs ``p_min < δ < 1`` and ``γ < 1``).
+
+    Returns:
+      A dict of lists and floats.
+
+    Raises:
+      ValueError: naming the setting for bad input.
+    """
+    policy, params = instance.policy, instance.params
+    V, T, lam = policy.vocab_size, policy.horizon, float(instance.lam)
+    h = jnp.asarray(harm_values(instance.harm, V, T))
+    base = levels_from_log_cond(log_cond_untied(policy, [params] * T))
+    if q == "harmful":
+        q_prefix = harmful_prefix_marginals(base, h)
+    elif q == "jailbroken":
+        if jailbroken is None:
+            raise ValueError("q = jailbroken needs a jailbroken policy file")
+        jp = jailbroken.policy
+        if (jp.vocab_size, jp.horizon) != (V, T):
+            raise ValueError(
+                f"q jailbroken policy has vocab_size {jp.vocab_size}, horizon {jp.horizon}; expected {V}, {T}"
+            )
+        q_prefix = policy_prefix_marginals(levels_from_log_cond(log_cond_untied(jp, [jailbroken.params] * T)))
+    else:
+        raise ValueError(f"q must be 'harmful' or 'jailbroken', got {q!r}")
+    spec = recovery_spec(V, recovery, q_prefix, mu=mu, gamma=gamma)
+    masks = determined_masks(h, V, T)
+    k = int(uniform_horizon(masks))
+    p_min = min_recovery_probability(base, spec.mask)
+    t_attack = None if delta is None else attack_length(float(delta), p_min, spec.mu, spec.gamma)
+
+    plain = covariance_gradient(policy, params, base, harm_martingale(base, h))
+    separable, _ = train_deep(base, h, lam, spec, objective="separable", steps=steps)
+    joint, _ = train_deep(base, h, lam, spec, objective="joint", steps=steps)
+    standard = standard_optimum(base, h, lam)
+    inside, _ = log_recovery_probability(separable, spec.mask)
+    where = [np.asarray(x) > 0 for x in spec.q_prefix]
+    return {
+        "vocab_size": V,
+        "horizon": T,
+        "lambda": lam,
+        "recovery": [int(i) for i in np.flatnonzero(spec.mask)],
+        "mu": spec.mu,
+        "gamma": spec.gamma,
+        "q": q,
+        "uniform_horizon": k,
+        "gradient_norm_by_position": {
+            "plain_harm": [lam * n for n in _norms(plain)],
+            "deep": _norms(gradient_by_position(policy, params, base, h, lam, spec)),
+            "recovery_closed_form": _norms(recovery_gradient(policy, params, spec)),
+            "recovery_autodiff": _norms(
+                gradient_by_position(policy, params, base, h, lam, spec, terms="recovery")
+            ),
+        },
+        "gibbs_gap": {
+            "separable_past_horizon": gibbs_gap(separable, base, spec, where=masks[:-1]),
+            "separable": gibbs_gap(separable, base, spec),
+            "joint": gibbs_gap(joint, base, spec),
+        },
+        "p_min": p_min,
+        "robustness_bound": robustness_bound(base, spec),
+        # where the Gibbs form is exact for any λ: prefixes with Q(p) > 0 past the horizon
+        "separable_min_recovery_past_horizon_by_position": [
+            float(np.min(np.exp(np.asarray(x))[w & np.asarray(m)])) if (w & np.asarray(m)).any() else None
+            for x, w, m in zip(inside, where, masks[:-1])
+        ],
+        "delta": delta,
+        "attack_length": t_attack,
+        "attack_success": {
+            "base": [float(x) for x in attack_success(base, spec)],
+            "standard": [float(x) for x in attack_success(standard, spec)],
+            "deep": [float(x) for x in attack_success(joint, spec)],
+        },
+    }
