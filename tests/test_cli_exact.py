@@ -178,7 +178,7 @@ def test_refuses_enumeration_that_does_not_fit(tmp_path, capsys, monkeypatch):
         "policy": {"kind": "markov", "initial_logits": [0.0] * v, "transition_logits": [[0.0] * v] * v},
         "harm": {"kind": "trigger", "trigger_tokens": [1]},
     }
-    code, out, err = run(tmp_path, capsys, inst)
+    code, out, err = run(tmp_path, capsys, inst, "--engine", "enumerate")
     assert code == 2 and out == "" and "GiB" in err and err.count("\n") == 1
 
 

@@ -46,7 +46,7 @@ def _add_exact(sub) -> None:
         "distribution and the equilibrium KL profile of a toysim.instance/1 file, in float64.",
     )
     p.add_argument("instance", help="path to a toysim.instance/1 JSON file")
-    p.add_argument("--engine", default="auto", choices=["auto", "enumerate"], help="exact engine")
+    p.add_argument("--engine", default="auto", choices=["auto", "enumerate", "dp"], help="exact engine")
     p.add_argument("--compact", action="store_true", help="print the JSON on one line")
     p.set_defaults(func=_cmd_exact)
 

@@ -13,16 +13,25 @@ quantity in toysim is built from two passes defined here:
 
 Everything else (martingale, innovations, ``I_t``, gradients, horizons, KL) is a reduction of these
 arrays. Memory is ``O(V**T)``; :func:`estimate_bytes` predicts it before anything is allocated.
+
+With several devices (GPUs, or CPU devices from ``XLA_FLAGS=--xla_force_host_platform_device_count``)
+every level array whose prefix count divides evenly is sharded along its prefix axis over a 1-D
+mesh (:func:`shard_prefixes`); XLA partitions the passes and inserts the reductions. Results equal
+the single-device ones up to the order of floating-point sums. ``TOYSIM_SHARDING=0`` turns it off.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
 PyTree = Any
@@ -49,11 +58,32 @@ class Levels(NamedTuple):
         return self.log_cond[0].shape[-1]
 
 
+@functools.cache
+def _prefix_mesh(devices: tuple) -> Mesh:
+    return Mesh(np.array(devices), ("prefix",))
+
+
+def shard_prefixes(x: Array) -> Array:
+    """Shard a level array along its prefix axis (axis 0) over every available device.
+
+    A 1-D :class:`jax.sharding.Mesh` named ``"prefix"`` and ``jax.lax.with_sharding_constraint``
+    (inside ``jit``; a transfer outside). No-op with one device, when the prefix count is not a
+    multiple of the device count, or when ``TOYSIM_SHARDING=0``.
+    """
+    devices = tuple(jax.devices())
+    n = len(devices)
+    if n == 1 or x.ndim == 0 or x.shape[0] % n or os.environ.get("TOYSIM_SHARDING", "1") == "0":
+        return x
+    spec = PartitionSpec("prefix", *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, NamedSharding(_prefix_mesh(devices), spec))
+
+
 def levels_from_log_cond(log_cond: Sequence[Array]) -> Levels:
     """Prefix log-probabilities from conditional ones: ``log P(p·v) = log P(p) + log π(v|p)``."""
+    log_cond = [shard_prefixes(lc) for lc in log_cond]
     log_prefix = [jnp.zeros((1,), dtype=log_cond[0].dtype)]
     for lc in log_cond:
-        log_prefix.append((log_prefix[-1][:, None] + lc).reshape(-1))
+        log_prefix.append(shard_prefixes((log_prefix[-1][:, None] + lc).reshape(-1)))
     return Levels(tuple(log_cond), tuple(log_prefix))
 
 
@@ -99,7 +129,7 @@ def backward(levels: Levels, leaf: Float[Array, " leaves"]) -> tuple[Array, ...]
     for lc in reversed(levels.log_cond):
         child = out[-1].reshape(lc.shape)
         mean = jnp.sum(jnp.exp(lc) * child, axis=-1)
-        out.append(jnp.where(_constant_rows(child), child[:, 0], mean))
+        out.append(shard_prefixes(jnp.where(_constant_rows(child), child[:, 0], mean)))
     return tuple(reversed(out))
 
 
@@ -119,7 +149,7 @@ def log_backward(levels: Levels, log_leaf: Float[Array, " leaves"]) -> tuple[Arr
     for lc in reversed(levels.log_cond):
         child = out[-1].reshape(lc.shape)
         lse = jax.nn.logsumexp(lc + child, axis=-1)
-        out.append(jnp.where(_constant_rows(child), child[:, 0], lse))
+        out.append(shard_prefixes(jnp.where(_constant_rows(child), child[:, 0], lse)))
     return tuple(reversed(out))
 
 
@@ -140,13 +170,16 @@ def xlogy_kl(log_p: Array, log_q: Array, axis: int = -1) -> Array:
 BYTES_PER_LEAF_ANALYSIS = 160
 
 
-def estimate_bytes(vocab_size: int, horizon: int, bytes_per_leaf: int = BYTES_PER_LEAF_ANALYSIS) -> int:
+def estimate_bytes(vocab_size: int, horizon: int, bytes_per_leaf: int = BYTES_PER_LEAF_ANALYSIS) -> float:
     """Predicted peak memory of an enumeration over ``V**T`` leaves.
 
     Levels shorter than ``T`` add a factor ``V / (V − 1)`` to the leaf count.
     """
+    log_nodes = math.log(vocab_size) * (horizon + 1) - math.log(vocab_size - 1)  # upper bound
+    if log_nodes > 700:  # beyond any machine; avoid an overflow in the arithmetic below
+        return math.inf
     nodes = sum(vocab_size**t for t in range(horizon + 1))
-    return int(nodes * bytes_per_leaf)
+    return float(nodes) * bytes_per_leaf
 
 
 def available_bytes() -> int:
@@ -177,8 +210,8 @@ def check_fits(vocab_size: int, horizon: int, bytes_per_leaf: int = BYTES_PER_LE
     have = available_bytes()
     if need > have:
         raise ValueError(
-            f"enumeration over V**T = {vocab_size}**{horizon} = {vocab_size**horizon:.3g} leaves "
-            f"needs about {need / 2**30:.2f} GiB, more than the {have / 2**30:.2f} GiB available "
+            f"enumeration over V**T = {vocab_size}**{horizon} leaves "
+            f"needs about {need / 2**30:.3g} GiB, more than the {have / 2**30:.2f} GiB available "
             "(reduce vocab_size or horizon, or use a Markov policy with an automaton harm and the "
             "DP engine)"
         )

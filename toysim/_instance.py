@@ -183,10 +183,14 @@ def from_dict(data: Any) -> Instance:
     lam = _number(_get(data, "lambda", ""), "lambda")
     if lam <= 0:
         raise ValueError(f"lambda must be > 0, got {lam}")
-    if vocab**horizon > 2**40:
-        raise ValueError(f"vocab_size**horizon = {vocab}**{horizon} is too large to enumerate")
-    policy, params = _policy(_get(data, "policy", ""), vocab, horizon)
-    harm = _harm(_get(data, "harm", ""), vocab, horizon)
+    policy_spec, harm_spec = _get(data, "policy", ""), _get(data, "harm", "")
+    tabular = isinstance(policy_spec, dict) and policy_spec.get("kind") == "tabular"
+    table = isinstance(harm_spec, dict) and harm_spec.get("kind") == "table"
+    if (tabular or table) and horizon * math.log(vocab) > 40 * math.log(2):
+        # a file listing V**T numbers this large cannot exist; refuse before shaping it
+        raise ValueError(f"a {'tabular policy' if tabular else 'harm table'} over vocab_size**horizon = {vocab}**{horizon} sequences is too large")
+    policy, params = _policy(policy_spec, vocab, horizon)
+    harm = _harm(harm_spec, vocab, horizon)
     return Instance(policy, params, harm, lam)
 
 

@@ -119,24 +119,36 @@ def exact_report(instance: Any, engine: str = "auto") -> dict:
 
     Args:
       instance: a :class:`toysim.Instance`.
-      engine: ``"enumerate"``, or ``"auto"`` (enumeration is the only engine so far).
+      engine: ``"enumerate"`` (prefix tree, every policy and harm), ``"dp"`` (automaton DP:
+        first-order Markov policy with an automaton harm, any horizon), or ``"auto"`` (``"dp"``
+        where it applies, else ``"enumerate"``).
 
     Raises:
-      ValueError: for an unknown engine, or an enumeration that would not fit in memory.
+      ValueError: for an unknown engine, an enumeration that would not fit in memory, or the DP
+        engine asked for a policy or harm it cannot read.
     """
     from ._enumerate import check_fits
-    from ._harms import TableHarm, harm_values
-    from ._policies import TabularPolicy
+    from ._harms import AutomatonHarm, TableHarm, harm_values
+    from ._policies import MarkovPolicy, TabularPolicy
 
-    if engine not in ("auto", "enumerate"):
-        raise ValueError(f"engine must be 'auto' or 'enumerate', got {engine!r}")
+    if engine not in ("auto", "enumerate", "dp"):
+        raise ValueError(f"engine must be 'auto', 'enumerate' or 'dp', got {engine!r}")
     if not jax.config.jax_enable_x64:
         raise ValueError("toysim exact needs float64: call jax.config.update('jax_enable_x64', True)")
     policy = instance.policy
-    check_fits(policy.vocab_size, policy.horizon)
-    h = jnp.asarray(harm_values(instance.harm, policy.vocab_size, policy.horizon))
-    params = jax.tree_util.tree_map(jnp.asarray, instance.params)
-    result = jax.device_get(analyze(policy, params, h, jnp.float64(instance.lam)))
+    if engine == "auto":
+        dp_ok = isinstance(policy, MarkovPolicy) and policy.order == 1
+        engine = "dp" if dp_ok and isinstance(instance.harm, AutomatonHarm) else "enumerate"
+    if engine == "dp":
+        from ._dp import dp_analyze
+
+        # DPAnalysis has the fields of Analysis read below, per state instead of per prefix.
+        result = jax.device_get(dp_analyze(policy, instance.params, instance.harm, instance.lam))
+    else:
+        check_fits(policy.vocab_size, policy.horizon)
+        h = jnp.asarray(harm_values(instance.harm, policy.vocab_size, policy.horizon))
+        params = jax.tree_util.tree_map(jnp.asarray, instance.params)
+        result = jax.device_get(analyze(policy, params, h, jnp.float64(instance.lam)))
     out = {
         "expected_harm": float(result.expected_harm),
         "harm_variance": float(result.harm_variance),
@@ -149,8 +161,8 @@ def exact_report(instance: Any, engine: str = "auto") -> dict:
         "uniform_horizon": int(result.uniform_horizon),
         "equilibrium_kl_by_position": result.equilibrium_kl_by_position.tolist(),
         "equilibrium_kl": float(result.equilibrium_kl),
-        "engine": "enumerate",
+        "engine": engine,
     }
-    if isinstance(policy, TabularPolicy) and isinstance(instance.harm, TableHarm):
+    if engine == "enumerate" and isinstance(policy, TabularPolicy) and isinstance(instance.harm, TableHarm):
         out["martingale"] = [m.tolist() for m in result.martingale]
     return out
