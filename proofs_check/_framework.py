@@ -9,17 +9,39 @@ tolerance, proving that the check can fail.
 
 A check of kind ``"finding"`` measures something that is not a theorem (for example spillover of
 shared parameters beyond the horizon): its residual is the measured value and its verdict is
-"measured", never "holds".
+"measured: <worst value>", never "holds".
+
+Inputs. ``instances()`` may draw a bare :class:`toysim.Instance` or any richer object. The runner
+(``proofs_check._runner``) writes a failing input as a ``toysim.instance/1`` file, so a richer
+input must expose the instance it is about, found by :func:`instance_of` in this order: the input
+itself if it is an ``Instance``; its attribute ``.instance``; its first element if it is a tuple
+or list whose first element is an ``Instance``. An input exposing none is still checked, but its
+counterexample can only be printed, not written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hypothesis.strategies import SearchStrategy
 
 Quantities = dict[str, Any]
+
+
+def instance_of(value: Any):
+    """The :class:`toysim.Instance` a check input is about, or ``None`` (see the module docstring)."""
+    from toysim import Instance
+
+    if isinstance(value, Instance):
+        return value
+    inner = getattr(value, "instance", None)
+    if isinstance(inner, Instance):
+        return inner
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Instance):
+        return value[0]
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
