@@ -1,0 +1,203 @@
+"""Exact alignment training, the second-order law, KL versus variance, spillover (THEORY.md §7).
+
+Training runs are few and share one fixed instance shape (V = 2, T = 3): each run compiles the
+optimizer step once, which dominates the cost of these tests.
+"""
+
+import copy
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import toysim
+from proofs_check import kl_variance, second_order_law, spillover, training_convergence
+from proofs_check.second_order_law import small_instances
+from tests import reference
+from tests.tolerances import IDENTITY, assert_close
+from toysim._cli import main
+from toysim._training import alignment_loss, second_order_ratio, spillover_by_position, train_alignment
+
+
+def _h(inst):
+    p = inst.policy
+    return jnp.asarray(toysim.harm_values(inst.harm, p.vocab_size, p.horizon))
+
+
+_loss = jax.jit(alignment_loss, static_argnums=0)
+
+
+@settings(max_examples=4)
+@given(small_instances(horizons=(2,)), st.integers(0, 2**31 - 1))
+def test_alignment_loss_matches_brute_force_and_tilt_identity(inst, seed):
+    policy, h = inst.policy, _h(inst)
+    base_params = policy.init(jax.random.key(seed))
+    base = toysim.forward(policy, base_params)
+    loss = _loss(policy, inst.params, base, h, inst.lam)
+    p = reference.sequence_probs(policy, inst.params)
+    p0 = reference.sequence_probs(policy, base_params)
+    v = policy.vocab_size
+    expected = sum(
+        q * (inst.lam * float(h[reference.lex_index(y, v)]) + np.log(q / p0[y])) for y, q in p.items()
+    )
+    assert_close(loss, expected, what="λE[h] + KL(π‖π0)")
+    # L(π) = KL(π ‖ π*) − log Z_0 for every π: the equilibrium is the unique minimiser
+    eq = toysim.tilt(base, h, inst.lam)
+    gap = toysim.sequence_kl(toysim.forward(policy, inst.params), eq.levels)
+    assert_close(loss, gap - eq.log_partition[0][0], what="L − KL(π‖π*)")
+
+
+def test_bad_lambda_is_rejected():
+    policy = toysim.TabularPolicy(2, 1)
+    params = (jnp.zeros((1, 2)),)
+    for lam in (0.0, -1.0, float("nan"), "x"):
+        with pytest.raises(ValueError, match="lambda"):
+            train_alignment(policy, None, params, jnp.array([0.0, 1.0]), lam, steps=1)
+
+
+def _fixed_tabular():
+    policy = toysim.TabularPolicy(2, 3)
+    params = policy.init(jax.random.key(7), scale=1.0)
+    return toysim.Instance(policy, params, toysim.deadline_harm(2, [1], 2), 4.0)
+
+
+def _assert_check(check, inst):
+    """The check holds on ``inst`` and every negative control reports a violation."""
+    q = check.compute(inst)
+    assert check.residual(q) <= check.tolerance, (check.name, check.residual(q))
+    for name, corrupt in check.corruptions.items():
+        assert check.residual(corrupt(q)) > check.tolerance, (check.name, name)
+    return q
+
+
+def test_tabular_training_converges_to_tilt_and_controls_fail():
+    q = _assert_check(training_convergence.CHECKS[0], _fixed_tabular())
+    assert q["kl_to_equilibrium"] < 1e-8
+    assert_close(q["kl_by_position"], q["equilibrium_kl_by_position"], atol=1e-8, what="KL_t vs D_t")
+    assert q["equilibrium_kl_by_position"][2] == 0.0  # t = 3 > k = 2: D_t = 0 exactly
+
+
+def test_tabular_no_spillover_and_controls_fail():
+    q = _assert_check(spillover.CHECKS[0], _fixed_tabular())
+    assert q["uniform_horizon"] == 2 and q["kl_by_position"][0] > 1e-3
+
+
+def test_training_is_deterministic_and_records_trajectory():
+    inst = _fixed_tabular()
+    runs = [
+        train_alignment(
+            inst.policy, None, inst.params, _h(inst), 1.0, optimizer="sgd", steps=2, record_every=1
+        )
+        for _ in range(2)
+    ]
+    assert runs[0].steps == [0, 1, 2]
+    assert runs[0].kl_by_position.shape == (3, 3) and runs[0].gradient_norm_by_position.shape == (3, 3)
+    for a, b in zip(jax.tree_util.tree_leaves(runs[0].params), jax.tree_util.tree_leaves(runs[1].params)):
+        np.testing.assert_array_equal(a, b)
+    assert runs[0].losses == runs[1].losses
+    assert np.all(runs[0].kl_by_position[0] == 0)  # starts at π_0
+    assert runs[0].losses[-1] < runs[0].losses[0]
+
+
+@settings(max_examples=6)
+@given(second_order_law.CHECKS[0].instances())
+def test_second_order_law_holds_and_controls_fail(inst):
+    _assert_check(second_order_law.CHECKS[0], inst)
+
+
+def test_second_order_ratio_tends_to_one():
+    inst = _fixed_tabular()
+    base = toysim.forward(inst.policy, inst.params)
+    lams = jnp.array([0.1, 0.01, 0.001])
+    ratio, d, info = second_order_ratio(base, _h(inst), lams)
+    err = np.abs(np.asarray(ratio[:, :2]) - 1)
+    assert np.all(err[1] < err[0] / 5) and np.all(err[2] < err[1] / 5)  # linear decay: factor 10
+    assert np.isnan(ratio[0, 2]) and float(info[2]) == 0.0 and np.all(np.asarray(d[:, 2]) == 0.0)
+
+
+@settings(max_examples=6)
+@given(kl_variance.CHECKS[0].instances())
+def test_binary_kl_iff_variance_holds_and_controls_fail(inst):
+    _assert_check(kl_variance.CHECKS[0], inst)
+
+
+@settings(max_examples=5)
+@given(kl_variance.graded_counterexamples())
+def test_graded_counterexample_zero_variance_positive_kl(inst):
+    q = kl_variance.CHECKS[1].compute(inst)
+    assert q["root_var_h"] <= IDENTITY and q["root_kl"] > 1e-6
+    # and the binary identity does not hold for this graded harm
+    assert kl_variance.residual(q) > kl_variance.CHECKS[0].tolerance
+
+
+def test_spillover_measures_kl_at_determined_prefixes_only():
+    inst = _fixed_tabular()
+    policy, h = inst.policy, _h(inst)
+    moved = tuple(p + jnp.array([0.3, -0.3]) for p in inst.params)  # every row moves
+    spill = np.asarray(spillover_by_position(policy, moved, inst.params, h))
+    kl = np.asarray(toysim.kl_by_position(toysim.forward(policy, moved), toysim.forward(policy, inst.params)))
+    assert spill[0] == 0.0  # the root is not determined
+    assert_close(spill[2], kl[2], what="t > k: all prefixes determined")
+    assert 0 <= spill[1] < kl[1]
+
+
+MARKOV = {
+    "format": "toysim.instance/1",
+    "vocab_size": 2,
+    "horizon": 3,
+    "lambda": 1.0,
+    "policy": {
+        "kind": "markov",
+        "initial_logits": [0.0, 0.4],
+        "transition_logits": [[0.3, -0.2], [1.0, 0.0]],
+    },
+    "harm": {"kind": "deadline", "harmful_tokens": [1], "deadline": 2},
+}
+
+
+def _run(tmp_path, capsys, args, instance=MARKOV):
+    path = tmp_path / "instance.json"
+    path.write_text(json.dumps(instance))
+    code = main([args[0], str(path), *args[1:]])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_train_markov_reports_spillover(tmp_path, capsys):
+    code, out, err = _run(tmp_path, capsys, ["train", "--steps", "40", "--record-every", "20"])
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["uniform_horizon"] == 2 and [s["step"] for s in rep["trajectory"]] == [0, 20, 40]
+    assert rep["final_gradient_norm"] < 1e-10 and rep["final_loss"] >= rep["equilibrium_loss"]
+    # App. A finding on this instance: the tied transition rows move position 3 (beyond k = 2)
+    assert rep["spillover_beyond_horizon"] > 1e-3
+    assert rep["equilibrium_kl_by_position"][2] == 0.0
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["train", "--lambda", "0"], "--lambda"),
+        (["train", "--lambda", "-2"], "--lambda"),
+        (["train", "--steps", "0"], "--steps"),
+        (["train", "--optimizer", "newton"], "--optimizer"),
+        (["train", "--learning-rate", "-1"], "--learning-rate"),
+        (["train", "--record-every", "-1"], "--record-every"),
+        (["train", "--optimizer", "adam", "--learning-rate", "1e308", "--steps", "3"], "diverged"),
+    ],
+)
+def test_cli_train_bad_settings(tmp_path, capsys, args, words):
+    code, out, err = _run(tmp_path, capsys, args)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and words in err, err
+
+
+def test_cli_train_bad_instance(tmp_path, capsys):
+    bad = copy.deepcopy(MARKOV)
+    bad["lambda"] = 0
+    code, _, err = _run(tmp_path, capsys, ["train"], instance=bad)
+    assert code == 2 and err.count("\n") == 1 and "lambda" in err
