@@ -8,6 +8,13 @@ Quantities are exact (enumeration of the prefix tree), so enable float64 before 
 See THEORY.md for the mathematics and the README for the command line.
 """
 
+from ._dp import DPAnalysis as DPAnalysis
+from ._dp import automaton_arrays as automaton_arrays
+from ._dp import dp_analyze as dp_analyze
+from ._dp import dp_check_fits as dp_check_fits
+from ._dp import dp_estimate_bytes as dp_estimate_bytes
+from ._dp import dp_martingale as dp_martingale
+from ._dp import dp_tilted_chain as dp_tilted_chain
 from ._enumerate import Levels as Levels
 from ._enumerate import backward as backward
 from ._enumerate import check_fits as check_fits
@@ -15,6 +22,7 @@ from ._enumerate import estimate_bytes as estimate_bytes
 from ._enumerate import forward as forward
 from ._enumerate import levels_from_log_cond as levels_from_log_cond
 from ._enumerate import log_backward as log_backward
+from ._enumerate import shard_prefixes as shard_prefixes
 from ._equilibrium import Equilibrium as Equilibrium
 from ._equilibrium import kl_by_position as kl_by_position
 from ._equilibrium import sequence_kl as sequence_kl
@@ -51,21 +59,60 @@ from ._martingale import harm_martingale as harm_martingale
 from ._martingale import harm_variance as harm_variance
 from ._martingale import innovations as innovations
 from ._martingale import martingale_summary as martingale_summary
+from ._optimize import Objective as Objective
+from ._optimize import OptimizeResult as OptimizeResult
+from ._optimize import minimize as minimize
 from ._policies import MarkovParams as MarkovParams
 from ._policies import MarkovPolicy as MarkovPolicy
 from ._policies import MLPParams as MLPParams
 from ._policies import MLPPolicy as MLPPolicy
 from ._policies import TabularPolicy as TabularPolicy
 from ._policies import prefix_digits as prefix_digits
+from ._recovery import RecoverySpec as RecoverySpec
+from ._recovery import attack_length as attack_length
+from ._recovery import attack_success as attack_success
+from ._recovery import augmentation_samples as augmentation_samples
+from ._recovery import deep_objective as deep_objective
+from ._recovery import deep_report as deep_report
+from ._recovery import gibbs_gap as gibbs_gap
+from ._recovery import gibbs_policy as gibbs_policy
+from ._recovery import gibbs_recovery as gibbs_recovery
+from ._recovery import gradient_by_position as deep_gradient_by_position
+from ._recovery import guaranteed_recovery as guaranteed_recovery
+from ._recovery import harmful_prefix_marginals as harmful_prefix_marginals
+from ._recovery import log_no_recovery as log_no_recovery
+from ._recovery import log_recovery_probability as log_recovery_probability
+from ._recovery import min_recovery_probability as min_recovery_probability
+from ._recovery import policy_prefix_marginals as policy_prefix_marginals
+from ._recovery import recovery_gradient as recovery_gradient
+from ._recovery import recovery_mask as recovery_mask
+from ._recovery import recovery_penalty as recovery_penalty
+from ._recovery import recovery_spec as recovery_spec
+from ._recovery import robustness_bound as robustness_bound
+from ._recovery import separable_objective as separable_objective
+from ._recovery import sequence_prefix_marginals as sequence_prefix_marginals
+from ._recovery import standard_optimum as standard_optimum
+from ._recovery import train_deep as train_deep
 from ._report import Analysis as Analysis
 from ._report import analyze as analyze
 from ._report import exact_report as exact_report
+from ._sampling import exact_gradients as exact_gradients
+from ._sampling import reinforce_gradients as reinforce_gradients
+from ._sampling import sample_sequences as sample_sequences
+from ._sampling import sampling_versus_exact as sampling_versus_exact
+from ._training import TrainingResult as TrainingResult
+from ._training import alignment_loss as alignment_loss
+from ._training import second_order_ratio as second_order_ratio
+from ._training import spillover_by_position as spillover_by_position
+from ._training import train_alignment as train_alignment
+from ._training import training_report as training_report
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Analysis",
     "AutomatonHarm",
+    "DPAnalysis",
     "Equilibrium",
     "Instance",
     "Levels",
@@ -74,29 +121,52 @@ __all__ = [
     "MarkovParams",
     "MarkovPolicy",
     "MartingaleSummary",
+    "Objective",
+    "OptimizeResult",
+    "RecoverySpec",
     "TableHarm",
     "TabularPolicy",
+    "TrainingResult",
+    "alignment_loss",
     "analyze",
+    "attack_length",
+    "attack_success",
+    "augmentation_samples",
     "autodiff_gradient",
+    "automaton_arrays",
     "automaton_harm",
     "backward",
     "check_fits",
     "covariance_gradient",
     "covariance_weights",
     "deadline_harm",
+    "deep_gradient_by_position",
+    "deep_objective",
+    "deep_report",
     "determined_masks",
+    "dp_analyze",
+    "dp_check_fits",
+    "dp_estimate_bytes",
+    "dp_martingale",
+    "dp_tilted_chain",
     "dump_instance",
     "estimate_bytes",
+    "exact_gradients",
     "exact_report",
     "expected_harm",
     "first_decisive_harm",
     "fisher_bound",
     "forward",
+    "gibbs_gap",
+    "gibbs_policy",
+    "gibbs_recovery",
     "graded_harm",
+    "guaranteed_recovery",
     "harm_information",
     "harm_martingale",
     "harm_values",
     "harm_variance",
+    "harmful_prefix_marginals",
     "horizon_distribution",
     "innovations",
     "kl_by_position",
@@ -104,13 +174,35 @@ __all__ = [
     "load_instance",
     "loads_instance",
     "log_backward",
+    "log_no_recovery",
+    "log_recovery_probability",
     "martingale_summary",
+    "min_recovery_probability",
+    "minimize",
+    "policy_prefix_marginals",
     "prefix_covariance_sq_norm",
     "prefix_digits",
+    "recovery_gradient",
+    "recovery_mask",
+    "recovery_penalty",
+    "recovery_spec",
+    "reinforce_gradients",
+    "robustness_bound",
+    "sample_sequences",
+    "sampling_versus_exact",
+    "second_order_ratio",
+    "separable_objective",
     "sequence_horizon",
     "sequence_kl",
+    "sequence_prefix_marginals",
+    "shard_prefixes",
+    "spillover_by_position",
+    "standard_optimum",
     "table_harm",
     "tilt",
+    "train_alignment",
+    "train_deep",
+    "training_report",
     "tree_sq_norm",
     "trigger_harm",
     "uniform_horizon",

@@ -147,7 +147,7 @@ def _figures_make_all():
 
 
 def _cmd_reproduce(args) -> int:
-    out_dir = args.out
+    out_dir = args.out or "reproduce"
     make_all = _figures_make_all()  # before the checks: a missing package fails in seconds
     from proofs_check._runner import prepare_dir
 
@@ -156,7 +156,7 @@ def _cmd_reproduce(args) -> int:
     ok = _report(results, False, sys.stdout)
     with open(os.path.join(out_dir, "checks.json"), "w", encoding="utf-8") as fh:
         json.dump({"ok": ok, "checks": [r.to_dict() for r in results]}, fh, indent=1, allow_nan=False)
-    made = make_all(out_dir)
+    made = make_all(args.out)  # None: the committed figures under figures/output
     if made:
         for path in made:
             print(f"figure: {path}")
@@ -199,9 +199,16 @@ def register(sub) -> None:
     r = sub.add_parser(
         "reproduce",
         help="run the checks, then regenerate every figure",
-        description="Run `toysim check`, write OUT/checks.json, then call figures.make_all(OUT). "
+        description="Run `toysim check`, write checks.json (and any counterexamples), then regenerate "
+        "every figure with figures.make_all. "
         "Exit non-zero if a check fails.",
     )
     _add_common(r)
-    r.add_argument("--out", default="reproduce", metavar="DIR", help="output folder (default: ./reproduce)")
+    r.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="write checks.json, counterexamples and the figures here (default: checks.json in "
+        "./reproduce, figures regenerated in place under figures/output)",
+    )
     r.set_defaults(func=_cmd_reproduce)
