@@ -23,21 +23,22 @@ import toysim
 from toysim import _recovery as rc
 
 from ._framework import Check
-from .gibbs_form import case_indices, optimum, solved
+from .gibbs_form import joint_cases, optimum, solved
 
 MARGIN = 1e-9
+APPLIES_TO = "tabular π_0 (V = 2, T = 3), binary harms, Q = π_0 | harm or a jailbroken policy"
 
 
-def compute(index):
-    s = solved(index)
-    V, T = s.case.vocab_size, s.case.horizon
+def compute(case):
+    s = solved(case)
+    V, T = s.base.vocab_size, s.base.horizon
     k_h = int(toysim.uniform_horizon(toysim.determined_masks(s.h, V, T)))
-    std = rc.standard_optimum(s.base, s.h, s.case.lam)
+    std = rc.standard_optimum(s.base, s.h, float(case.instance.lam))
     return {
         "horizon": k_h,
         "base": np.asarray(rc.attack_success(s.base, s.spec)),
         "standard": np.asarray(rc.attack_success(std, s.spec)),
-        "deep": np.asarray(rc.attack_success(optimum(index, "joint"), s.spec)),
+        "deep": np.asarray(rc.attack_success(optimum(case, "joint"), s.spec)),
     }
 
 
@@ -61,12 +62,12 @@ CHECKS = [
         kind="theorem",
         tolerance=0.0,
         tolerance_reason="the tilt keeps determined prefixes' log-probabilities bit for bit",
-        instances=case_indices,
+        instances=joint_cases,
         compute=compute,
         residual=residual_equal,
         corruptions={"deep curve in place of the standard one": lambda q: {**q, "standard": q["deep"]}},
-        applies_to="tabular π_0 (V = 2, T = 3), deadline harm (horizon 1), Q = π_0 conditioned on harm",
-        examples=1,
+        applies_to=APPLIES_TO,
+        examples=6,
     ),
     Check(
         name="prefill_deep_below_standard",
@@ -78,14 +79,14 @@ CHECKS = [
         kind="theorem",
         tolerance=0.0,
         tolerance_reason="strict inequality with a 1e-9 margin (optimiser precision) built into the residual",
-        instances=case_indices,
+        instances=joint_cases,
         compute=compute,
         residual=residual_below,
         corruptions={
             "base curve in place of the deep one": lambda q: {**q, "deep": q["base"]},
             "curves swapped": lambda q: {**q, "deep": q["standard"], "standard": q["deep"]},
         },
-        applies_to="tabular π_0 (V = 2, T = 3), deadline harm (horizon 1), Q = π_0 conditioned on harm",
-        examples=1,
+        applies_to=APPLIES_TO,
+        examples=6,
     ),
 ]
