@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -57,6 +56,7 @@ def measure_speed(kind, v, t, repeats):
     import jax
 
     import toysim
+    from toysim._gradient import per_position
 
     policy, params, h = _setup(kind, v, t)
 
@@ -64,7 +64,8 @@ def measure_speed(kind, v, t, repeats):
     def closed_form(policy, params, h):
         levels = toysim.forward(policy, params)
         mart = toysim.harm_martingale(levels, h)
-        return toysim.harm_information(levels, mart), toysim.covariance_gradient(policy, params, levels, mart)
+        weights = toysim.covariance_weights(levels, mart)
+        return toysim.harm_information(levels, mart), per_position(policy, params, weights)
 
     grad = jax.jit(toysim.autodiff_gradient, static_argnums=0)
     n = v**t

@@ -42,6 +42,33 @@ def covariance_weights(levels: Levels, martingale: tuple[Array, ...]) -> tuple[A
     return tuple(level_weights(levels, t + 1) * deltas[t] for t in range(len(deltas)))
 
 
+def pull_back(policy: Any, params: PyTree, cotangents: Sequence[Array]) -> tuple[PyTree, ...]:
+    """Per-position parameter gradients ``J_tᵀ c_t`` from cotangents ``c_t`` of the level logits."""
+    out = []
+    for t, c_t in enumerate(cotangents):
+        _, vjp = jax.vjp(lambda theta, t=t: policy.logits(theta, t), params)
+        out.append(vjp(c_t.astype(c_t.dtype))[0])
+    return tuple(out)
+
+
+def pull_back_sum(policy: Any, params: PyTree, cotangents: Sequence[Array]) -> PyTree:
+    """``Σ_t J_tᵀ c_t`` in one vector-Jacobian product of all level logits at once."""
+    _, vjp = jax.vjp(lambda theta: tuple(policy.logits(theta, t) for t in range(policy.horizon)), params)
+    return vjp(tuple(cotangents))[0]
+
+
+def per_position(policy: Any, params: PyTree, cotangents: Sequence[Array]) -> tuple:
+    """Per-position gradients from level cotangents, in their most compact exact form.
+
+    For a tabular policy level ``t`` reads exactly parameter block ``t``, so ``G_t`` is the
+    cotangent itself (the parameters outside block ``t`` get exactly zero, which is not stored);
+    other policies pull each cotangent back to their shared parameters (:func:`pull_back`).
+    """
+    if getattr(policy, "level_reads_own_block", False):
+        return tuple(cotangents)
+    return pull_back(policy, params, cotangents)
+
+
 def covariance_gradient(
     policy: Any, params: PyTree, levels: Levels, martingale: tuple[Array, ...]
 ) -> tuple[PyTree, ...]:
@@ -54,14 +81,11 @@ def covariance_gradient(
       martingale: ``toysim.harm_martingale(levels, h)``.
 
     Returns:
-      A tuple of ``T`` pytrees shaped like ``params``; their sum is ``∇_θ E[h]``.
+      A tuple of ``T`` pytrees shaped like ``params``; their sum is ``∇_θ E[h]``. For a tabular
+      policy ``G_t`` is zero outside block ``t − 1``, where it equals
+      :func:`covariance_weights` ``[t − 1]``; use the weights directly at large sizes.
     """
-    weights = covariance_weights(levels, martingale)
-    out = []
-    for t, w_t in enumerate(weights):
-        _, vjp = jax.vjp(lambda theta, t=t: policy.logits(theta, t), params)
-        out.append(vjp(w_t.astype(levels.log_cond[t].dtype))[0])
-    return tuple(out)
+    return pull_back(policy, params, covariance_weights(levels, martingale))
 
 
 def expected_harm_from_log_cond(log_cond: Sequence[Array], h: Float[Array, " leaves"]) -> Array:
@@ -85,16 +109,15 @@ def autodiff_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -
     return jax.grad(expected_harm, argnums=1)(policy, params, h)
 
 
-def untied_autodiff_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple:
-    """Per-position autodiff gradients: ``G_t = ∂E[h]/∂θ_t`` with ``θ_1 = … = θ_T = θ`` (THEORY 4).
+def logit_cotangents(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple[Array, ...]:
+    """``∂E[h] / ∂logits_t`` for every level ``t``, by reverse-mode autodiff.
 
-    Untying is done at the level logits: reverse-mode differentiation of ``E[h]`` with respect to
-    each level's logits (through ``log_softmax`` and the log-probability accumulation), pulled back
-    through that level's parameterisation. This equals differentiating with respect to ``T``
-    separate parameter copies (see :func:`untied_copies_gradient`) without storing ``T`` copies.
+    Differentiates ``E[h] = Σ_y P(y) h(y)`` through ``log_softmax`` and the log-probability
+    accumulation with respect to each level's logit array, treated as independent inputs: this is
+    the untying of THEORY 4 at the level of the logits. Independent of ``H``.
 
     Returns:
-      A tuple of ``T`` pytrees shaped like ``params``.
+      ``T`` arrays, entry ``t`` of shape ``(V**t, V)``.
     """
     logits = tuple(policy.logits(params, t) for t in range(policy.horizon))
 
@@ -102,12 +125,20 @@ def untied_autodiff_gradient(policy: Any, params: PyTree, h: Float[Array, " leav
         log_cond = tuple(jax.nn.log_softmax(z, axis=-1) for z in level_logits)
         return expected_harm_from_log_cond(log_cond, h)
 
-    cotangents = jax.grad(objective)(logits)
-    out = []
-    for t in range(policy.horizon):
-        _, vjp = jax.vjp(lambda theta, t=t: policy.logits(theta, t), params)
-        out.append(vjp(cotangents[t])[0])
-    return tuple(out)
+    return jax.grad(objective)(logits)
+
+
+def untied_autodiff_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple:
+    """Per-position autodiff gradients: ``G_t = ∂E[h]/∂θ_t`` with ``θ_1 = … = θ_T = θ`` (THEORY 4).
+
+    :func:`logit_cotangents` pulled back through each level's parameterisation. This equals
+    differentiating with respect to ``T`` separate parameter copies (see
+    :func:`untied_copies_gradient`) without storing ``T`` copies.
+
+    Returns:
+      A tuple of ``T`` pytrees shaped like ``params``.
+    """
+    return pull_back(policy, params, logit_cotangents(policy, params, h))
 
 
 def untied_copies_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple:

@@ -91,6 +91,7 @@ class TabularPolicy:
     vocab_size: int
     horizon: int
     is_lookup = True  # each prefix reads one free row of logits (not a dataclass field)
+    level_reads_own_block = True  # level t's logits are exactly parameter block t
 
     def __post_init__(self):
         _check_positive_int("vocab_size", self.vocab_size, 2)

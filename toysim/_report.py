@@ -18,10 +18,12 @@ from ._enumerate import forward
 from ._equilibrium import tilt
 from ._gradient import (
     autodiff_gradient,
-    covariance_gradient,
+    covariance_weights,
     fisher_bound,
+    logit_cotangents,
+    per_position,
+    pull_back_sum,
     tree_sq_norm,
-    untied_autodiff_gradient,
 )
 from ._horizon import determined_masks, horizon_distribution, uniform_horizon
 from ._martingale import martingale_summary
@@ -88,13 +90,13 @@ def analyze(policy: Any, params: PyTree, h: Array, lam: float | Array) -> Analys
     """
     levels = forward(policy, params)
     summary = martingale_summary(levels, h)
-    grads = covariance_gradient(policy, params, levels, summary.martingale)
-    untied = untied_autodiff_gradient(policy, params, h)
-    total = autodiff_gradient(policy, params, h)
-    summed = jax.tree_util.tree_map(lambda *g: sum(g), *grads)
+    weights = covariance_weights(levels, summary.martingale)
+    cotangents = logit_cotangents(policy, params, h)
+    grads = per_position(policy, params, weights)
+    untied = per_position(policy, params, cotangents)
     error = jnp.maximum(
         jnp.max(jnp.stack([_max_abs_diff(g, u) for g, u in zip(grads, untied)])),
-        _max_abs_diff(summed, total),
+        _max_abs_diff(pull_back_sum(policy, params, weights), autodiff_gradient(policy, params, h)),
     )
     masks = determined_masks(h, policy.vocab_size, policy.horizon)
     eq = tilt(levels, h, lam)
