@@ -5,7 +5,7 @@ Statement: for ``p_min < δ < 1`` and ``γ < 1`` the guaranteed recovery
 ``t_attack(δ) = 1 + (log μ − log(logit δ − logit p_min)) / log(1/γ)``: ``g(t) > δ`` for
 ``t < t_attack`` and ``g(t) ≤ δ`` for ``t ≥ t_attack``. Compared with the exact (Gibbs-exact,
 separable, λ = 0) optimum: its smallest per-position recovery probability
-``m_t = min_{p: Q(p) ≥ 1e-5} π*(R | p)`` is ``≥ g(t)`` at every position ``t = 1..T``, so an attacker must
+``m_t = min_{p: Q(p)>0} π*(R | p)`` is ``≥ g(t)`` at every position ``t = 1..T``, so an attacker must
 prefill at least ``t_attack − 1`` tokens before the guarantee drops to ``δ``.
 
 Residual: the largest of ``|g(t_attack) − δ|``, ``max(0, δ − g(t))`` on a grid of ``t < t_attack``,
@@ -13,11 +13,10 @@ Residual: the largest of ``|g(t_attack) − δ|``, ``max(0, δ − g(t))`` on a 
 over three values of ``δ`` spread over ``(p_min, 1)``.
 
 Inputs: the random instances of gibbs_form.py with ``γ ∈ [0.3, 0.95]`` (``t_attack`` needs
-``γ < 1``). ``m_t`` is taken over prefixes with ``Q(p) ≥ 1e-5`` only, where the trained optimum is
-determined to ~1e-9 (see gibbs_form.py); a position with no such prefix is skipped.
+``γ < 1``). ``m_t`` is evaluated as ``min_p (π_trained(R|p) + ε_p)``, with the exact gradient
+certificate ``ε_p ≥ |π_trained(R|p) − π*(R|p)|`` of gibbs_form.py.
 
-Tolerance 1e-9: ``g`` is a closed form (rounding ~1e-16); ``m_t`` comes from L-BFGS stopped at
-``‖∇L‖ ≤ 1e-14`` (precision ~1e-9 on those prefixes, see gibbs_form.py).
+Tolerance 1e-12: ``g`` is a closed form (rounding ~1e-16); beyond the certificate only rounding.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import numpy as np
 from toysim import _recovery as rc
 
 from ._framework import Check
-from .gibbs_form import APPLIES_TO, deep_cases, optimum, recovery_probs, solved
+from .gibbs_form import APPLIES_TO, TOLERANCE, certificate, deep_cases, optimum, recovery_probs, solved
 
 DELTA_FRACTIONS = (0.3, 0.6, 0.9)
 GRID = np.linspace(0.01, 3.0, 30)  # offsets from t_attack
@@ -42,8 +41,8 @@ def compute(case):
     spec = s.spec
     p_min = rc.min_recovery_probability(s.base, spec.mask)
     trained = recovery_probs(optimum(case, "separable", lam_zero=True), spec)
-    # +inf at a position without compared prefixes: no constraint there
-    m = np.array([np.min(r[w], initial=np.inf) for r, w in zip(trained, s.compared)])
+    eps = certificate(case, lam_zero=True)  # |π_trained − π*| ≤ ε_p (gibbs_form.py)
+    m = np.array([np.min((r + e)[w]) for r, e, w in zip(trained, eps, s.support)])
     deltas = [p_min + f * (1.0 - p_min) for f in DELTA_FRACTIONS]
     return {
         "p_min": p_min,
@@ -86,8 +85,8 @@ CHECKS = [
         "optimum's per-position minimum recovery stays above the guarantee.",
         latex=r"t_{\mathrm{attack}}(\delta)=1+\frac{\log\mu-\log(\operatorname{logit}\delta-\operatorname{logit}p_{\min})}{\log(1/\gamma)}",
         kind="theorem",
-        tolerance=1e-9,
-        tolerance_reason="closed form to rounding; optimum from L-BFGS to ‖∇L‖ ≤ 1e-14 (~1e-9 on Q ≥ 1e-5)",
+        tolerance=TOLERANCE,
+        tolerance_reason="closed form to rounding; trained optimum within its gradient certificate",
         instances=cases,
         compute=compute,
         residual=residual,

@@ -15,22 +15,35 @@ table), ``λ``, a random recovery set ``R`` (non-empty, proper), ``μ ∈ [0.25,
 skipped: ``Q`` has no mass) or a random jailbroken policy. Each input is a :class:`DeepCase`
 whose first field is its :class:`toysim.Instance`, so a failure is written as a replayable file.
 
-Residual: ``max |π_trained(R|p) − σ(logit π_0(R|p) + μγ^{t−1})|`` over those prefixes with
-``Q(p) ≥ Q_FLOOR = 1e-5``, for the optimum found by L-BFGS (``toysim.train_deep``) started at
-``π_0`` and stopped at the first step with ``‖∇L‖₂ ≤ GRAD_TOL = 1e-14``.
+Residual: ``max(0, |π_trained(R|p) − σ(logit π_0(R|p) + μγ^{t−1})| − ε_p)`` over those prefixes,
+for the optimum found by L-BFGS (``toysim.train_deep``) started at ``π_0`` and stopped at the first
+step with ``‖∇L‖₂ ≤ GRAD_TOL = 1e-14`` (or after ``STEPS``), where ``ε_p`` is an exact a-posteriori
+bound computed from the optimiser's final gradient (below).
 
-Why the threshold and the stopping rule (a run with a fixed 300 steps and no threshold failed with
-residual 2.9e-6). At a prefix ``p`` the separable objective is ``Q(p)`` times a per-prefix
-problem whose curvature in the recovery logit is ``π(1 − π)``, so a gradient component ``g_p``
-leaves ``π(R|p)`` off by ``|g_p| / Q(p)`` to first order. Two things went wrong: (1) prefixes with
-tiny ``Q(p)`` (a jailbroken ``Q`` of scale 2 or a harm-conditioned ``Q`` of a peaked ``π_0`` gives
-``Q(p)`` down to ~1e-9) have logits the objective hardly determines: even a rounding-level
-gradient (1e-16) allows ``Δπ ~ 1e-7`` there; (2) L-BFGS does not stop at convergence: after its
-gradient reaches ~1e-16 it keeps stepping along curvature pairs made of rounding noise, and those
-steps move exactly the ill-determined logits (measured: ``‖∇L‖`` stays ≤ 1e-12 while the error at
-a ``Q ~ 3e-9`` prefix grows to 4e-8). Hence: stop at ``GRAD_TOL`` (``train_deep(tol=...)``), and
-count only prefixes with ``Q(p) ≥ 1e-5``, where ``|Δπ| ≲ GRAD_TOL / Q_FLOOR = 1e-9``: that is the
-tolerance. Measured residuals are ~1e-13 or below.
+Certificate ``ε_p``. At a prefix ``p`` the separable objective is ``Q(p) f_p(π(·|p))`` plus terms
+not involving ``p``'s logits ``z`` (for ``λ > 0`` at a determined prefix, the harm term's
+derivative vanishes), and ``∂/∂z_v = Q(p) π_v (u_v − Σ_w π_w u_w)`` with
+``u_v = log(π_v/π_0(v|p)) − μγ^{t−1} 1[v ∈ R]``. The Gibbs form ``π*`` makes ``u`` constant, and
+``log(π_v/π*_v) = u_v + const``, so with ``D_p = max_v − min_v of g_v / (Q(p) π_v)`` (computed from
+the gradient ``g``) every ratio ``π_v/π*_v`` lies in ``[e^{−D_p}, e^{D_p}]`` and
+``|π(R|p) − π*(R|p)| ≤ ε_p = expm1(D_p)``: zero exactly at stationarity. So the check holds iff the
+trained policy's distance from the Gibbs form is explained by its remaining non-stationarity,
+i.e. iff the Gibbs form is the objective's stationary point (and, the per-prefix problem being
+convex in ``π``, its minimiser).
+
+Why. A run with random inputs, a fixed 300 steps, no certificate and tolerance 1e-9 failed with
+residual 2.9e-6 (that input was not kept; the two mechanisms below, reproduced here, give errors
+of that size at prefixes with ``Q(p)`` a few orders smaller than those measured). The optimiser's precision at a prefix is ``|Δπ(R|p)| ≈ |g_p| / Q(p)``: the curvature in the prefix's
+recovery logit is ``Q(p) π(1 − π)``. Two things limit ``|g_p|``, both measured on these inputs:
+(1) L-BFGS stalls. When a step's decrease ``g²/(2 Q π(1−π))`` falls below the rounding of the
+loss (~1e-16), the zoom line search can hardly see progress; 3 of 40 inputs ended 300 steps at
+``‖∇L‖ ~ 1e-11..2e-10``, with ``Δπ = 3e-8`` at a prefix with ``Q = 1.8e-4``. (2) After reaching a
+rounding-level gradient, L-BFGS keeps stepping along curvature pairs made of rounding noise,
+moving the logits of tiny-``Q`` prefixes (``‖∇L‖ ≤ 1e-12`` throughout while the error at a
+``Q ~ 3e-9`` prefix grows to 4e-8); ``train_deep(tol=...)`` stops at the first converged step.
+Hence the per-prefix certificate instead of a fixed tolerance; the remaining tolerance 1e-12
+covers rounding in ``σ``, the probabilities and the gradient (~1e-15). Measured over 40 inputs
+(``STEPS = 400``): residual ≤ 4e-17; certificate ``max_p ε_p`` median 5e-14, largest 1.2e-10.
 
 Finding ``gibbs_form_joint``: for the joint objective ``L_deep`` (sequence KL, prefixes weighted
 by ``π_θ``) the same distance is measured. The exact stationarity condition (*ours*) at a prefix
@@ -38,7 +51,8 @@ by ``π_θ``) the same distance is measured. The exact stationarity condition (*
 the effective weight is multiplied by ``Q(p)/π_θ(p)``, which the optimum inflates by steering
 away from harmful prefixes, so recovery after them is pushed far above the Gibbs value, towards
 saturation. The minimiser can lie where softmax gradients vanish, so L-BFGS may also stop on a
-plateau. Measured over ``V = 2, T = 3`` instances only (one more compilation per shape).
+plateau. Measured over ``V = 2, T = 3`` instances only (one more compilation per shape): up to
+0.98 over the 6 inputs of ``toysim check`` (0.94 over 30).
 
 Trained optima are cached per input (:func:`optimum`) and shared with robustness_bound.py,
 attack_length.py and prefill_attack.py, which draw from the same strategy: with the same
@@ -65,9 +79,8 @@ from .strategies import BINARY_HARM_KINDS, harms
 # L-BFGS step budget; runs stop earlier, at the first step with ‖∇L‖₂ ≤ GRAD_TOL (typically < 150).
 STEPS = 400
 GRAD_TOL = 1e-14
-# Prefixes with Q(p) below this are not compared: there |Δπ(R|p)| ≈ |g_p| / Q(p) is not pinned
-# down to the tolerance by a gradient of GRAD_TOL (see the module docstring).
-Q_FLOOR = 1e-5
+# Rounding in σ, the probabilities and the gradient behind the certificate (each ~1e-15).
+TOLERANCE = 1e-12
 # Shapes (V, T): every one costs an L-BFGS compilation per objective.
 SEPARABLE_SHAPES = ((2, 3), (3, 2))
 JOINT_SHAPES = ((2, 3),)
@@ -93,7 +106,17 @@ class DeepCase(NamedTuple):
             digest.update(np.asarray(x).tobytes())
         v, T = inst.policy.vocab_size, inst.policy.horizon
         digest.update(np.asarray(toysim.harm_values(inst.harm, v, T), dtype=np.float64).tobytes())
-        return (v, T, digest.hexdigest(), float(inst.lam), self.recovery, self.mu, self.gamma, self.q, self.q_seed)
+        return (
+            v,
+            T,
+            digest.hexdigest(),
+            float(inst.lam),
+            self.recovery,
+            self.mu,
+            self.gamma,
+            self.q,
+            self.q_seed,
+        )
 
 
 def _jailbroken(policy, seed):
@@ -129,9 +152,9 @@ class Solved(NamedTuple):
     determined: tuple  # per level 0..T−1: determined (past the horizon) prefixes
 
     @property
-    def compared(self) -> list[np.ndarray]:
-        """Per level: prefixes with ``Q(p) ≥ Q_FLOOR`` (where a trained optimum is compared)."""
-        return [np.asarray(q) >= Q_FLOOR for q in self.spec.q_prefix]
+    def support(self) -> list[np.ndarray]:
+        """Per level: prefixes with ``Q(p) > 0`` (where the separable objective is not flat)."""
+        return [np.asarray(q) > 0 for q in self.spec.q_prefix]
 
 
 def build(case: DeepCase) -> Solved:
@@ -173,6 +196,29 @@ def optimum(case: DeepCase, objective: str, lam_zero: bool = False) -> toysim.Le
     return _OPTIMA[key]
 
 
+_separable_gradient = jax.jit(jax.grad(rc.separable_objective))
+
+
+def certificate(case: DeepCase, lam_zero: bool) -> list[np.ndarray]:
+    """``ε_p = expm1(D_p)`` per level (``inf`` where ``Q(p) = 0``): a bound on the trained separable
+    optimum's ``|π(R|p) − π*_Gibbs(R|p)|`` from its gradient (module docstring)."""
+    s = solved(case)
+    levels = optimum(case, "separable", lam_zero)
+    lam = 0.0 if lam_zero else float(case.instance.lam)
+    grads = _separable_gradient(tuple(levels.log_cond), s.base, s.h, jnp.float64(lam), s.spec)
+    out = []
+    for g, lc, q in zip(grads, levels.log_cond, s.spec.q_prefix):
+        q, g, pi = np.asarray(q), np.asarray(g), np.exp(np.asarray(lc))
+        eps = np.full(q.shape, np.inf)
+        on = q > 0
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            u = g[on] / (q[on, None] * pi[on])  # u_v − mean, one row per prefix (nan: π_v = 0)
+            u = np.where(np.isnan(u), np.inf, u)  # π_v = 0 (underflow): no certificate
+            eps[on] = np.expm1(np.max(u, axis=1) - np.min(u, axis=1))
+        out.append(eps)
+    return out
+
+
 def recovery_probs(levels, spec):
     inside, _ = rc.log_recovery_probability(levels, spec.mask)
     return [np.exp(np.asarray(x)) for x in inside]
@@ -180,28 +226,36 @@ def recovery_probs(levels, spec):
 
 def compute(case):
     s = solved(case)
-    compared = s.compared
+    support = s.support
     return {
         "free": recovery_probs(optimum(case, "separable", lam_zero=True), s.spec),
         "separable": recovery_probs(optimum(case, "separable"), s.spec),
+        "free_certificate": certificate(case, lam_zero=True),
+        "separable_certificate": certificate(case, lam_zero=False),
         "gibbs": [np.asarray(g) for g in rc.gibbs_recovery(s.base, s.spec)],
-        "free_where": compared,
-        "past_horizon_where": [m & np.asarray(d) for m, d in zip(compared, s.determined)],
+        "free_where": support,
+        "past_horizon_where": [m & np.asarray(d) for m, d in zip(support, s.determined)],
         "base": recovery_probs(s.base, s.spec),
         "logit_base": [np.asarray(z) for z in rc.logit_recovery(s.base, s.spec.mask)],
         "mu": s.spec.mu,
     }
 
 
-def _gap(trained, gibbs, where):
-    errs = [np.max(np.abs(a - b)[w]) for a, b, w in zip(trained, gibbs, where) if w.any()]
+def _gap(trained, gibbs, where, allowance=None):
+    if allowance is None:
+        allowance = [np.zeros_like(a) for a in trained]
+    errs = [
+        np.max(np.maximum(0.0, np.abs(a - b) - e)[w])
+        for a, b, e, w in zip(trained, gibbs, allowance, where)
+        if w.any()
+    ]
     return float(max(errs, default=0.0))
 
 
 def residual(q):
     return max(
-        _gap(q["free"], q["gibbs"], q["free_where"]),
-        _gap(q["separable"], q["gibbs"], q["past_horizon_where"]),
+        _gap(q["free"], q["gibbs"], q["free_where"], q["free_certificate"]),
+        _gap(q["separable"], q["gibbs"], q["past_horizon_where"], q["separable_certificate"]),
     )
 
 
@@ -224,7 +278,7 @@ def compute_joint(case):
     return {
         "joint": recovery_probs(optimum(case, "joint"), s.spec),
         "gibbs": [np.asarray(g) for g in rc.gibbs_recovery(s.base, s.spec)],
-        "where": s.compared,
+        "where": s.support,
     }
 
 
@@ -233,8 +287,7 @@ def residual_joint(q):
 
 
 APPLIES_TO = (
-    "tabular π_0 (V = 2, T = 3 and V = 3, T = 2), binary harms, Q = π_0 | harm or a jailbroken "
-    "policy; prefixes with Q(p) ≥ 1e-5"
+    "tabular π_0 (V = 2, T = 3 and V = 3, T = 2), binary harms, Q = π_0 | harm or a jailbroken policy"
 )
 
 CHECKS = [
@@ -246,8 +299,8 @@ CHECKS = [
         "(λ = 0: at every prefix with Q(p) > 0; λ > 0: at every such prefix past the horizon).",
         latex=r"\pi^*(R\mid y_{<t})=\sigma\big(\operatorname{logit}\pi_0(R\mid y_{<t})+\mu\gamma^{t-1}\big)",
         kind="theorem",
-        tolerance=1e-9,
-        tolerance_reason="L-BFGS stopped at ‖∇L‖ ≤ 1e-14; |Δπ(R|p)| ≈ |g_p|/Q(p) ≤ 1e-9 on Q(p) ≥ 1e-5",
+        tolerance=TOLERANCE,
+        tolerance_reason="beyond the exact gradient certificate ε_p: rounding (~1e-15)",
         instances=deep_cases,
         compute=compute,
         residual=residual,
@@ -260,7 +313,7 @@ CHECKS = [
         result="[Thm 20]",
         section="§8",
         statement="Distance of the joint L_deep optimum (sequence KL) from the Gibbs form, over prefixes "
-        "with Q(p) ≥ 1e-5 (an approximation, not a theorem).",
+        "with Q(p) > 0 (an approximation, not a theorem).",
         latex=r"\max_{p:\,Q(p)>0}\big|\pi^*_{\mathrm{joint}}(R\mid p)-\sigma(\operatorname{logit}\pi_0(R\mid p)+\mu\gamma^{t-1})\big|",
         kind="finding",
         tolerance=0.0,

@@ -10,9 +10,22 @@ the deep-aligned optimum (``L_deep`` trained by L-BFGS over tabular policies):
   every depth ``k ≥ k_h`` (the uniform harm horizon): the tilt leaves every determined prefix's
   conditional law unchanged bit for bit, and ``A(k)`` only reads prefixes of length ``≥ k``.
   Residual ``max_{k ≥ k_h} |A_std(k) − A_0(k)|``; tolerance 0 (exact equality, same arithmetic).
-* ``prefill_deep_below_standard`` (*ours*): the deep curve lies strictly below the standard one at
-  every depth. Residual ``max(0, 1e-9 − min_k (A_std(k) − A_deep(k)))``: zero iff the deep curve is
-  below by more than the optimiser's precision (1e-9) at every depth; tolerance 0.
+* ``prefill_deep_below_standard`` (*ours*): at the last depth ``k = T − 1`` the deep curve lies
+  strictly below the standard one. Reason: ``A(T−1) = E_{Q_{T−1}}[1 − π(R|p)]``, and the joint
+  optimum's stationarity condition at a last-level prefix is
+  ``π(v|p) ∝ π_0(v|p) exp(−λh(p·v) + μγ^{T−1}(Q(p)/π_θ(p)) 1[v ∈ R])`` while the tilt has
+  ``π(v|p) ∝ π_0(v|p) exp(−λh(p·v))``: the extra factor raises ``π(R|p)`` at every prefix with
+  ``Q(p) > 0``. Residual ``max(0, 1e-9 − (A_std(T−1) − A_deep(T−1)))``: zero iff the deep curve is
+  below by more than the optimiser's precision (1e-9); tolerance 0.
+* ``prefill_deep_vs_standard`` (finding): ``max_k (A_deep(k) − A_std(k))``. The claim "below at
+  *every* depth", checked before on one fixed case, is false on random instances: L-BFGS
+  converged to ``‖∇L‖ ≤ 1e-14`` (a stationary point; the joint objective is not convex) gives
+  ``A_deep(k) > A_std(k)`` at shallow depths, by up to ~0.05 (e.g. depth 0: 0.377 against 0.340,
+  while depth 2 drops from 0.996 to 3e-28). The joint objective weights the KL by ``π_θ``, so the
+  optimum steers away early from the prefixes where it must later deviate from ``π_0`` to
+  recover (those with ``Q`` mass), which can mean choosing non-recovery tokens at the root.
+
+Inputs: :func:`proofs_check.gibbs_form.joint_cases` (random ``V = 2, T = 3`` instances).
 """
 
 from __future__ import annotations
@@ -48,7 +61,11 @@ def residual_equal(q):
 
 
 def residual_below(q):
-    return max(0.0, MARGIN - float(np.min(q["standard"] - q["deep"])))
+    return max(0.0, MARGIN - float(q["standard"][-1] - q["deep"][-1]))
+
+
+def residual_excess(q):
+    return float(np.max(q["deep"] - q["standard"]))
 
 
 CHECKS = [
@@ -74,8 +91,8 @@ CHECKS = [
         result="(ours)",
         section="§9",
         statement="The deep-aligned optimum's prefilling-attack success is strictly below the "
-        "standard-aligned one at every depth.",
-        latex=r"A_{\mathrm{deep}}(k)<A_{\pi^*}(k)\quad k=0..T-1",
+        "standard-aligned one at the last depth T − 1.",
+        latex=r"A_{\mathrm{deep}}(T-1)<A_{\pi^*}(T-1)",
         kind="theorem",
         tolerance=0.0,
         tolerance_reason="strict inequality with a 1e-9 margin (optimiser precision) built into the residual",
@@ -86,6 +103,23 @@ CHECKS = [
             "base curve in place of the deep one": lambda q: {**q, "deep": q["base"]},
             "curves swapped": lambda q: {**q, "deep": q["standard"], "standard": q["deep"]},
         },
+        applies_to=APPLIES_TO,
+        examples=6,
+    ),
+    Check(
+        name="prefill_deep_vs_standard",
+        result="(ours)",
+        section="§9",
+        statement="Largest excess of the deep-aligned optimum's prefilling-attack success over the "
+        "standard-aligned one, over depths (positive: deep is more vulnerable at some depth).",
+        latex=r"\max_k\big(A_{\mathrm{deep}}(k)-A_{\pi^*}(k)\big)",
+        kind="finding",
+        tolerance=0.0,
+        tolerance_reason="a measurement",
+        instances=joint_cases,
+        compute=compute,
+        residual=residual_excess,
+        corruptions={},
         applies_to=APPLIES_TO,
         examples=6,
     ),
