@@ -78,6 +78,43 @@ FIGURES: list[FigureSpec] = [
         "ratio.",
     ),
     FigureSpec(
+        "fig4_shallow_after_training",
+        "figures.fig4_shallow_after_training",
+        "After exact training the per-position KL to π_0 sits at positions up to the horizon k for a "
+        "tabular policy (rounding level beyond it) but spills past k for the Markov and MLP policies, "
+        "whose parameters are shared by all positions.",
+        "deadline harm (token 1 within 2 positions, k=2), V=2, T=5, λ=2; tabular, Markov (order 1) "
+        "and MLP (window 2, 8 hidden) base policies (Gaussian parameters, seed 0), each trained by "
+        "L-BFGS from π_0 (train_alignment, up to 300 steps).",
+    ),
+    FigureSpec(
+        "fig5_recovery_penalty",
+        "figures.fig5_recovery_penalty",
+        "The recovery penalty gives gradient and KL beyond the horizon k, where the plain gradient "
+        "λ‖G_t‖ and the standard optimum's D_t are exactly 0.",
+        "tabular π_0 V=3, T=5 (Gaussian logits, seed 0); deadline harm (token 2 within 2 positions, "
+        "k=2); R={0}, Q=π_0 conditioned on harm, λ=1, μ=3, γ=0.6; deep optimum of the separable "
+        "objective by L-BFGS (300 steps), standard optimum the closed-form tilt.",
+    ),
+    FigureSpec(
+        "fig6_prefilling_attacks",
+        "figures.fig6_prefilling_attacks",
+        "Prefilling-attack success of the standard-aligned optimum equals the base policy's at every "
+        "depth past the horizon, while the deep-aligned (separable) optimum lies below both at every "
+        "depth and keeps its recovery above the guarantee σ(logit p_min + μγ^k), which reaches δ at "
+        "t_attack(δ).",
+        "the instance and optima of figure 5; δ=0.05.",
+    ),
+    FigureSpec(
+        "fig7_sampling_vs_exact",
+        "figures.fig7_sampling_vs_exact",
+        "The REINFORCE estimate of G_t has error falling only as 1/√N at every position, including "
+        "past the horizon where the exact G_t is 0.",
+        "the Markov (order 1) policy and deadline harm of figure 2 (V=3, T=6, k=3); 20000 "
+        "independent 10-sample estimates without baseline (jax.random, seed 7), grouped into "
+        "N = 10 to 10000.",
+    ),
+    FigureSpec(
         "fig8_prefix_tree",
         "figures.fig8_prefix_tree",
         "The whole gradient is a sum of covariance terms P(p)π(v|p)(H(pv)−H(p)) over the edges of "

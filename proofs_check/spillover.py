@@ -151,7 +151,7 @@ CHECKS = [
             "horizon off by one": _horizon_one_late,
         },
         applies_to="tabular policies, V=2, T=3; deadline and first-decisive harms with horizon < T",
-        examples=1,
+        examples=4,
     ),
     Check(
         name="spillover-markov",

@@ -113,6 +113,6 @@ CHECKS = [
         residual=residual,
         corruptions={"tilt with the wrong sign of λ": _wrong_sign, "untrained policy": _untrained},
         applies_to="tabular policies, V=2, T in {2, 3}; table, binary-table and deadline harms",
-        examples=1,
+        examples=6,
     )
 ]
