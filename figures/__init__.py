@@ -81,8 +81,8 @@ FIGURES: list[FigureSpec] = [
         "fig4_shallow_after_training",
         "figures.fig4_shallow_after_training",
         "After exact training the per-position KL to π_0 sits at positions up to the horizon k for a "
-        "tabular policy (rounding level beyond it) but spills past k for the Markov and MLP policies, "
-        "whose parameters are shared by all positions.",
+        "tabular policy (rounding level beyond it) but spills past k for the Markov policy, whose "
+        "parameters are shared by all positions (for the MLP the spillover is non-zero but tiny).",
         "deadline harm (token 1 within 2 positions, k=2), V=2, T=5, λ=2; tabular, Markov (order 1) "
         "and MLP (window 2, 8 hidden) base policies (Gaussian parameters, seed 0), each trained by "
         "L-BFGS from π_0 (train_alignment, up to 300 steps).",
