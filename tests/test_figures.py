@@ -17,6 +17,7 @@ from tests.tolerances import IDENTITY, assert_close
 from toysim._cli import main
 
 NAMES = [spec.name for spec in figures.FIGURES]
+OWN = {"fig1", "fig2", "fig3", "fig8"}  # the figures whose data this file asserts
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,8 @@ def tiny_data():
     """The data of every registered figure at its tiny size, and the figure builds without error."""
     out = {}
     for spec in figures.FIGURES:
+        if spec.name.split("_")[0] not in OWN:
+            continue  # figures 4-7 are built and asserted in tests/test_figures_more.py
         numbers, fig = figures.build(spec, tiny=True)
         assert fig.axes, f"{spec.name}: the figure has no axes"
         plt.close(fig)

@@ -150,7 +150,9 @@ def minimize(
     lr = None if learning_rate is None else float(learning_rate)
     args = tuple(args)
     show = sys.stderr.isatty() if progress is None else progress
-    state = opt.init(params)
+    # Strongly typed state: optax initialises some fields as weakly typed scalars, which the first
+    # step returns strongly typed; without this the step would compile twice per shape.
+    state = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), opt.init(params))
     result = OptimizeResult(params, [], [], [])
 
     def record(i, p):
