@@ -188,7 +188,9 @@ def from_dict(data: Any) -> Instance:
     table = isinstance(harm_spec, dict) and harm_spec.get("kind") == "table"
     if (tabular or table) and horizon * math.log(vocab) > 40 * math.log(2):
         # a file listing V**T numbers this large cannot exist; refuse before shaping it
-        raise ValueError(f"a {'tabular policy' if tabular else 'harm table'} over vocab_size**horizon = {vocab}**{horizon} sequences is too large")
+        raise ValueError(
+            f"a {'tabular policy' if tabular else 'harm table'} over vocab_size**horizon = {vocab}**{horizon} sequences is too large"
+        )
     policy, params = _policy(policy_spec, vocab, horizon)
     harm = _harm(harm_spec, vocab, horizon)
     return Instance(policy, params, harm, lam)

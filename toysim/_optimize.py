@@ -11,7 +11,8 @@ import dataclasses
 import functools
 import math
 import sys
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -183,5 +184,7 @@ def minimize(
     if show:
         print(file=sys.stderr)
     if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree_util.tree_leaves(params)):
-        raise ValueError(f"training produced NaN parameters with optimizer={optimizer!r}, learning_rate={learning_rate}")
+        raise ValueError(
+            f"training produced NaN parameters with optimizer={optimizer!r}, learning_rate={learning_rate}"
+        )
     return result._replace(params=params)
