@@ -68,7 +68,7 @@ def test_table_and_exit_code_zero_when_theorems_hold(fake_checks, capsys):
     assert "§0" in row and row.rstrip().endswith("holds")
     finding = next(line for line in lines if line.startswith("a_finding"))
     assert "measured: " in finding and "holds" not in finding
-    assert "2/2 checks pass" in out
+    assert "1/1 theorem checks hold; 1 finding measured (not theorems)" in out
     assert "[1/2] always_holds: holds" in err and "[2/2] a_finding: measured" in err
 
 

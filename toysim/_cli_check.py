@@ -114,7 +114,10 @@ def _report(results, as_json: bool, stream) -> bool:
     else:
         stream.write(_table(results) + "\n")
         failed = [r for r in results if not r.ok]
-        summary = f"{len(results) - len(failed)}/{len(results)} checks pass"
+        theorems = [r for r in results if r.status != "measured"]
+        findings = len(results) - len(theorems)
+        summary = f"{len(theorems) - len(failed)}/{len(theorems)} theorem checks hold"
+        summary += f"; {findings} finding{'s' if findings != 1 else ''} measured (not theorems)"
         if failed:
             summary += "; failing: " + ", ".join(r.name for r in failed)
             paths = [r.counterexample for r in failed if r.counterexample]
