@@ -57,6 +57,7 @@ def _brute_no_recovery(probs, p, recovery):
     return num / reference.prefix_prob(probs, p)
 
 
+# few examples: each one enumerates every sequence in plain Python (the brute-force reference)
 @settings(max_examples=6)
 @given(cases())
 def test_quantities_match_brute_force(case):
@@ -124,6 +125,7 @@ def test_quantities_match_brute_force(case):
         assert_close(jnp.exp(inside[t]), g, what=f"Gibbs recovery at position {t + 1}")
 
 
+# few examples: brute force over every sequence for each Q construction
 @settings(max_examples=4)
 @given(cases())
 def test_other_q_constructions_match_brute_force(case):

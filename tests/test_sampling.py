@@ -27,6 +27,7 @@ from toysim._sampling import (
 )
 
 
+# few examples: each samples thousands of sequences per policy family (one compile per family)
 @settings(max_examples=6)
 @given(
     st.sampled_from(["tabular", "markov1", "markov2", "mlp"]),

@@ -31,6 +31,7 @@ def _h(inst):
 _loss = jax.jit(alignment_loss, static_argnums=0)
 
 
+# few examples: each one sums over all sequences in plain Python (the brute-force reference)
 @settings(max_examples=4)
 @given(small_instances(horizons=(2,)), st.integers(0, 2**31 - 1))
 def test_alignment_loss_matches_brute_force_and_tilt_identity(inst, seed):
@@ -103,6 +104,7 @@ def test_training_is_deterministic_and_records_trajectory():
     assert runs[0].losses[-1] < runs[0].losses[0]
 
 
+# few examples: each sweeps λ over the tilt; `toysim check` runs the same check on more inputs
 @settings(max_examples=6)
 @given(second_order_law.CHECKS[0].instances())
 def test_second_order_law_holds_and_controls_fail(inst):
@@ -119,12 +121,14 @@ def test_second_order_ratio_tends_to_one():
     assert np.isnan(ratio[0, 2]) and float(info[2]) == 0.0 and np.all(np.asarray(d[:, 2]) == 0.0)
 
 
+# few examples: the same check runs in tests/test_proofs_check.py under the runner's budget
 @settings(max_examples=6)
 @given(kl_variance.CHECKS[0].instances())
 def test_binary_kl_iff_variance_holds_and_controls_fail(inst):
     _assert_check(kl_variance.CHECKS[0], inst)
 
 
+# the graded counterexamples form a small family; five draws cover its shapes
 @settings(max_examples=5)
 @given(kl_variance.graded_counterexamples())
 def test_graded_counterexample_zero_variance_positive_kl(inst):
