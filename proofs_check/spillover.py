@@ -27,31 +27,17 @@ import numpy as np
 from hypothesis import strategies as st
 
 import toysim
-from toysim._training import spillover_by_position, train_alignment
+from toysim._training import spillover_by_position
 
 from ._framework import Check
 from .second_order_law import small_instances
-
-STEPS = 100
-RECORD_EVERY = 10
-GRAD_TOL = 1e-13
+from .training_convergence import train
 
 
 def compute(inst, optimizer="lbfgs"):
     policy = inst.policy
     v, T = policy.vocab_size, policy.horizon
-    h = jnp.asarray(toysim.harm_values(inst.harm, v, T))
-    res = train_alignment(
-        policy,
-        None,
-        inst.params,
-        h,
-        inst.lam,
-        steps=STEPS,
-        record_every=RECORD_EVERY,
-        tol=GRAD_TOL,
-        progress=False,
-    )
+    h, res = train(inst, optimizer)  # the optimizer argument was previously dropped here
     masks = toysim.determined_masks(h, v, T)
     k = int(toysim.uniform_horizon(masks))
     return {

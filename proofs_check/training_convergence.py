@@ -38,7 +38,8 @@ def _distances(trained, star, base):
     )
 
 
-def compute(inst):
+def train(inst, optimizer="lbfgs"):
+    """Leaf harms and the training run from ``π_0`` used by the §7 training checks."""
     policy = inst.policy
     h = jnp.asarray(toysim.harm_values(inst.harm, policy.vocab_size, policy.horizon))
     res = train_alignment(
@@ -47,11 +48,18 @@ def compute(inst):
         inst.params,
         h,
         inst.lam,
+        optimizer=optimizer,
         steps=STEPS,
         record_every=RECORD_EVERY,
         tol=GRAD_TOL,
         progress=False,
     )
+    return h, res
+
+
+def compute(inst):
+    policy = inst.policy
+    h, res = train(inst)
     base = toysim.forward(policy, inst.params)
     trained = toysim.forward(policy, res.params)
     kl_star, kl_t, d_t = _distances(trained, toysim.tilt(base, h, inst.lam).levels, base)

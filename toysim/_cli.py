@@ -32,10 +32,14 @@ def _cmd_exact(args) -> int:
     from ._report import exact_report
 
     instance = load(args.instance)
-    report = exact_report(instance, engine=args.engine)
-    json.dump(report, sys.stdout, indent=None if args.compact else 1, allow_nan=False)
-    sys.stdout.write("\n")
+    write_json(exact_report(instance, engine=args.engine), args.compact)
     return 0
+
+
+def write_json(report: dict, compact: bool = False) -> None:
+    """Print a report as JSON on stdout (NaN and infinity refused), shared by every subcommand."""
+    json.dump(report, sys.stdout, indent=None if compact else 1, allow_nan=False)
+    sys.stdout.write("\n")
 
 
 def _add_exact(sub) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import sys
+from ._cli import write_json
 
 
 def _tokens(text: str) -> list[int]:
@@ -35,8 +34,7 @@ def _cmd_deep(args) -> int:
         steps=args.steps,
         delta=args.delta,
     )
-    json.dump(report, sys.stdout, indent=None if args.compact else 1, allow_nan=False)
-    sys.stdout.write("\n")
+    write_json(report, args.compact)
     return 0
 
 

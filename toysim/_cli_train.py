@@ -8,9 +8,9 @@ equilibrium. ``toysim sample-vs-exact INSTANCE.json`` compares the REINFORCE est
 
 from __future__ import annotations
 
-import json
 import math
-import sys
+
+from ._cli import write_json
 
 
 def _positive_lambda(value: float | None, default: float) -> float:
@@ -33,11 +33,6 @@ def _sample_sizes(text: str) -> tuple[int, ...]:
             raise ValueError(f"--samples must hold integers >= 2 (leave-one-out baseline), got {n}")
         sizes.append(n)
     return tuple(sizes)
-
-
-def _write(report: dict, compact: bool) -> None:
-    json.dump(report, sys.stdout, indent=None if compact else 1, allow_nan=False)
-    sys.stdout.write("\n")
 
 
 def _cmd_train(args) -> int:
@@ -74,7 +69,7 @@ def _cmd_train(args) -> int:
     report = {"optimizer": args.optimizer, "steps": args.steps, **report}
     if not all(math.isfinite(x) for x in (report["final_loss"], report["kl_to_equilibrium"])):
         raise ValueError(f"training diverged (non-finite loss) with --optimizer {args.optimizer}")
-    _write(report, args.compact)
+    write_json(report, args.compact)
     return 0
 
 
@@ -96,7 +91,7 @@ def _cmd_sample_vs_exact(args) -> int:
     check_fits(policy.vocab_size, policy.horizon)
     h = jnp.asarray(harm_values(instance.harm, policy.vocab_size, policy.horizon))
     report = sampling_versus_exact(policy, instance.params, h, samples, seed=args.seed, repeats=args.repeats)
-    _write(report, args.compact)
+    write_json(report, args.compact)
     return 0
 
 
