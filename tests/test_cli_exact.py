@@ -117,6 +117,11 @@ BAD = [
     ),
     (
         ("harm",),
+        {"kind": "automaton", "start": 0, "transitions": [[0, 1], [1, 1], [2, 0]], "final_harm": [0, 1, 0]},
+        "cannot be reached",
+    ),
+    (
+        ("harm",),
         {"kind": "automaton", "start": 0, "transitions": [[0, 1], [1, 1]], "final_harm": [0]},
         "harm.final_harm",
     ),

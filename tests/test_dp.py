@@ -249,7 +249,7 @@ def run(tmp_path, capsys, instance, *extra):
 
 
 def test_cli_dp_agrees_with_enumerate_and_refuses_tabular(tmp_path, capsys):
-    small = instance_json(pad(toysim.trigger_harm(2, [1]), 2, 0), HORIZON)
+    small = instance_json(toysim.trigger_harm(2, [1]), HORIZON)
     reports = {}
     for engine in ("dp", "enumerate", "auto"):
         code, out, err = run(tmp_path, capsys, small, "--engine", engine)

@@ -205,6 +205,23 @@ def graded_harm(vocab_size: int, horizon: int, harmful_tokens: Sequence[int]) ->
     return AutomatonHarm(0, trans, np.arange(n, dtype=np.float64) / horizon)
 
 
+def unreachable_states(harm: AutomatonHarm) -> list[int]:
+    """States of a DFA that no token sequence, of any length, leads to from the start state.
+
+    Example:
+      >>> unreachable_states(automaton_harm(0, [[0, 1], [1, 1], [2, 0]], [0.0, 1.0, 0.0], 2))
+      [2]
+    """
+    seen = np.zeros(harm.transitions.shape[0], dtype=bool)
+    seen[harm.start] = True
+    frontier = [harm.start]
+    while frontier:
+        nxt = np.unique(harm.transitions[frontier].reshape(-1))
+        frontier = [int(s) for s in nxt if not seen[s]]
+        seen[frontier] = True
+    return [int(s) for s in np.flatnonzero(~seen)]
+
+
 def automaton_states(harm: AutomatonHarm, vocab_size: int, t: int) -> np.ndarray:
     """State of the automaton after each prefix of length ``t`` (lexicographic order)."""
     states = np.array([harm.start], dtype=np.int64)

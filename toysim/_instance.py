@@ -21,6 +21,7 @@ from ._harms import (
     graded_harm,
     table_harm,
     trigger_harm,
+    unreachable_states,
 )
 from ._policies import MarkovParams, MarkovPolicy, TabularPolicy
 
@@ -139,12 +140,21 @@ def _harm(spec: Any, vocab: int, horizon: int) -> Harm:
         if not isinstance(trans, list) or not trans:
             raise ValueError("harm.transitions must be a non-empty list of rows")
         n_states = len(trans)
-        return automaton_harm(
+        harm = automaton_harm(
             _int(_get(spec, "start", "harm."), "harm.start", 0),
             _array(trans, "harm.transitions", (n_states, vocab), integer=True),
             _array(_get(spec, "final_harm", "harm."), "harm.final_harm", (n_states,)),
             vocab,
         )
+        # In a file, a state that no token sequence reaches is almost always a typo in the
+        # transitions (the Python API accepts them: padding to a fixed S reuses compiled programs).
+        lost = unreachable_states(harm)
+        if lost:
+            raise ValueError(
+                f"harm.transitions: state(s) {lost} cannot be reached from the start state "
+                f"{harm.start} (check the transitions, or remove those states)"
+            )
+        return harm
     if kind == "deadline":
         return deadline_harm(
             vocab,
