@@ -82,3 +82,44 @@ def instances(draw, policy_kinds=POLICY_KINDS, harm_kinds=HARM_KINDS, max_horizo
     harm = draw(harms(vocab_size, horizon, harm_kinds))
     lam = draw(st.sampled_from([0.1, 1.0, 4.0]))
     return Instance(policy, params, harm, lam)
+
+
+AUTOMATON_HARM_KINDS = ("deadline", "first_decisive", "trigger", "graded", "automaton")
+
+
+def pad_automaton(harm, vocab_size: int, n_states: int, seed: int):
+    """The same DFA with unreachable states appended up to ``n_states`` (random transitions and
+    harms), so that every drawn automaton has one shape and the DP engine compiles once per ``V``.
+
+    Unreachable states change no quantity: they are never entered from the start state.
+    """
+    n = harm.transitions.shape[0]
+    if n >= n_states:
+        return harm
+    rng = np.random.default_rng(seed)
+    extra = rng.integers(0, n_states, size=(n_states - n, vocab_size))
+    trans = np.concatenate([harm.transitions, extra])
+    final = np.concatenate([harm.final_harm, rng.integers(0, 3, size=n_states - n) / 2.0])
+    return automaton_harm(harm.start, trans, final, vocab_size)
+
+
+@st.composite
+def markov_automaton_instances(
+    draw, horizon: int, n_states: int = 6, kinds=AUTOMATON_HARM_KINDS, vocab_sizes=(2, 3)
+):
+    """A first-order Markov policy with an automaton harm padded to ``n_states`` states: the inputs
+    of the DP engine. ``V`` from ``vocab_sizes``, ``T`` fixed by the caller (one compiled shape per
+    ``V``); the harm families are drawn as for ``T <= 3``.
+
+    Families whose automaton has more than ``n_states`` states at this horizon are redrawn.
+    """
+    vocab_size = draw(st.sampled_from(vocab_sizes))
+    policy = MarkovPolicy(vocab_size, horizon, order=1)
+    scale = draw(st.sampled_from([0.3, 1.0, 3.0]))
+    params = policy.init(jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=scale)
+    harm = draw(
+        harms(vocab_size, min(horizon, 3), kinds).filter(lambda h: h.transitions.shape[0] <= n_states)
+    )
+    harm = pad_automaton(harm, vocab_size, n_states, draw(st.integers(0, 2**31 - 1)))
+    lam = draw(st.sampled_from([0.1, 1.0, 4.0]))
+    return Instance(policy, params, harm, lam)

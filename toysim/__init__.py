@@ -15,6 +15,18 @@ from ._dp import dp_check_fits as dp_check_fits
 from ._dp import dp_estimate_bytes as dp_estimate_bytes
 from ._dp import dp_martingale as dp_martingale
 from ._dp import dp_tilted_chain as dp_tilted_chain
+from ._dp_recovery import DPAttack as DPAttack
+from ._dp_recovery import DPDeep as DPDeep
+from ._dp_recovery import DPRecoveryGradients as DPRecoveryGradients
+from ._dp_recovery import DPRecoverySpec as DPRecoverySpec
+from ._dp_recovery import dp_attack_success as dp_attack_success
+from ._dp_recovery import dp_deep_arrays as dp_deep_arrays
+from ._dp_recovery import dp_deep_report as dp_deep_report
+from ._dp_recovery import dp_harmful_q as dp_harmful_q
+from ._dp_recovery import dp_policy_q as dp_policy_q
+from ._dp_recovery import dp_recovery_gradients as dp_recovery_gradients
+from ._dp_recovery import dp_recovery_penalty as dp_recovery_penalty
+from ._dp_recovery import dp_recovery_spec as dp_recovery_spec
 from ._enumerate import Levels as Levels
 from ._enumerate import backward as backward
 from ._enumerate import check_fits as check_fits
@@ -45,6 +57,7 @@ from ._harms import graded_harm as graded_harm
 from ._harms import harm_values as harm_values
 from ._harms import table_harm as table_harm
 from ._harms import trigger_harm as trigger_harm
+from ._harms import unreachable_states as unreachable_states
 from ._horizon import determined_masks as determined_masks
 from ._horizon import horizon_distribution as horizon_distribution
 from ._horizon import sequence_horizon as sequence_horizon
@@ -113,6 +126,10 @@ __all__ = [
     "Analysis",
     "AutomatonHarm",
     "DPAnalysis",
+    "DPAttack",
+    "DPDeep",
+    "DPRecoveryGradients",
+    "DPRecoverySpec",
     "Equilibrium",
     "Instance",
     "Levels",
@@ -145,9 +162,17 @@ __all__ = [
     "deep_report",
     "determined_masks",
     "dp_analyze",
+    "dp_attack_success",
     "dp_check_fits",
+    "dp_deep_arrays",
+    "dp_deep_report",
     "dp_estimate_bytes",
+    "dp_harmful_q",
     "dp_martingale",
+    "dp_policy_q",
+    "dp_recovery_gradients",
+    "dp_recovery_penalty",
+    "dp_recovery_spec",
     "dp_tilted_chain",
     "dump_instance",
     "estimate_bytes",
@@ -206,6 +231,7 @@ __all__ = [
     "tree_sq_norm",
     "trigger_harm",
     "uniform_horizon",
+    "unreachable_states",
     "untied_autodiff_gradient",
     "untied_copies_gradient",
 ]
