@@ -8,8 +8,9 @@ records the number of inputs evaluated and the worst residual.
 
 A theorem fails when a residual exceeds its tolerance (or is not a number); hypothesis then
 shrinks the input, and the minimal counterexample is written as a ``toysim.instance/1`` file
-(policy converted to an equivalent tabular policy by its per-level logits, harm to a table) that
-``toysim exact FILE`` replays. A finding never fails: its verdict is the measured worst value.
+that ``toysim exact FILE`` replays: as it is for a first-order Markov policy with an automaton
+harm (unreachable automaton states pruned), else converted to an equivalent tabular policy (by its
+per-level logits) with a table harm when the ``V**T`` tree fits in memory. A finding never fails: its verdict is the measured worst value.
 An exception inside a check is that check's failure (verdict ``error: ...``), not the runner's.
 """
 
@@ -192,9 +193,27 @@ def write_counterexample(value: Any, check_name: str, seed: int, directory: str)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", check_name)
     path = os.path.join(directory, f"{safe}-seed{seed}.json")
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(dumps(tabular_instance(inst)))
+        fh.write(dumps(file_instance(inst)))
         fh.write("\n")
     return path
+
+
+def file_instance(instance: Any):
+    """The instance a counterexample file holds (see the module docstring).
+
+    Raises:
+      ValueError: when neither form applies (a policy other than first-order Markov, or an
+        automaton harm, over a tree too large to convert).
+    """
+    from toysim import AutomatonHarm, Instance, MarkovPolicy
+    from toysim._enumerate import check_fits
+    from toysim._harms import prune_unreachable
+
+    policy = instance.policy
+    if isinstance(policy, MarkovPolicy) and policy.order == 1 and isinstance(instance.harm, AutomatonHarm):
+        return Instance(policy, instance.params, prune_unreachable(instance.harm), float(instance.lam))
+    check_fits(policy.vocab_size, policy.horizon)
+    return tabular_instance(instance)
 
 
 class _Violation(Exception):

@@ -13,6 +13,7 @@ import functools
 import json
 
 import hypothesis
+import jax
 import jax.numpy as jnp
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -20,8 +21,9 @@ from hypothesis import strategies as st
 
 import toysim
 from proofs_check._framework import Check, instance_of
-from proofs_check._runner import discover, run_check, run_checks, tabular_instance
-from proofs_check.strategies import instances
+from proofs_check._runner import discover, run_check, run_checks, tabular_instance, write_counterexample
+from proofs_check.strategies import instances, pad_automaton
+from tests.tolerances import assert_close
 from toysim._cli import main
 
 SMALL = 6  # inputs per check here (toysim check uses check.examples)
@@ -146,6 +148,21 @@ def test_tabular_conversion_keeps_the_distribution():
     b = toysim.forward(tab.policy, tab.params).log_prefix[-1]
     assert float(jnp.max(jnp.abs(a - b))) <= 1e-12
     assert instance_of((inst, 3)) is inst and instance_of(inst) is inst and instance_of(3) is None
+
+
+def test_long_markov_counterexample_is_written_as_is(tmp_path):
+    """A first-order Markov / automaton input at T = 48 (3**48 leaves) is written without
+    enumerating its tree, its padding states pruned, and replays through the DP engine."""
+    policy = toysim.MarkovPolicy(3, 48)
+    padded = pad_automaton(toysim.trigger_harm(3, [1]), 3, 6, seed=0)
+    inst = toysim.Instance(policy, policy.init(jax.random.key(0)), padded, 1.0)
+    path = write_counterexample((inst, 0), "dp_long_horizon", 0, str(tmp_path))
+    replay = toysim.load_instance(path)
+    assert replay.harm.transitions.shape[0] == 2 < padded.transitions.shape[0]
+    a, b = toysim.exact_report(inst), toysim.exact_report(replay)
+    assert a["engine"] == b["engine"] == "dp"
+    assert_close(a["harm_information"], b["harm_information"], what="I_t")
+    assert_close(a["equilibrium_kl_by_position"], b["equilibrium_kl_by_position"], what="D_t")
 
 
 def _fake(name, compute, kind="theorem", strategy=None):

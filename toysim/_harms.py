@@ -222,6 +222,22 @@ def unreachable_states(harm: AutomatonHarm) -> list[int]:
     return [int(s) for s in np.flatnonzero(~seen)]
 
 
+def prune_unreachable(harm: AutomatonHarm) -> AutomatonHarm:
+    """The same harm without its :func:`unreachable_states` (the others renumbered in order).
+
+    Example:
+      >>> prune_unreachable(automaton_harm(0, [[0, 2], [1, 1], [2, 0]], [0.0, 1.0, 1.0], 2)).transitions.tolist()
+      [[0, 1], [1, 0]]
+    """
+    lost = set(unreachable_states(harm))
+    if not lost:
+        return harm
+    kept = [s for s in range(harm.transitions.shape[0]) if s not in lost]
+    new_id = np.full(harm.transitions.shape[0], -1, dtype=np.int64)
+    new_id[kept] = np.arange(len(kept))
+    return AutomatonHarm(int(new_id[harm.start]), new_id[harm.transitions[kept]], harm.final_harm[kept])
+
+
 def automaton_states(harm: AutomatonHarm, vocab_size: int, t: int) -> np.ndarray:
     """State of the automaton after each prefix of length ``t`` (lexicographic order)."""
     states = np.array([harm.start], dtype=np.int64)
