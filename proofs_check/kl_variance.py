@@ -29,8 +29,7 @@ from hypothesis import strategies as st
 import toysim
 
 from ._framework import Check
-from .second_order_law import small_instances
-from .strategies import BINARY_HARM_KINDS
+from .strategies import BINARY_HARM_KINDS, small_instances
 
 
 @jax.jit

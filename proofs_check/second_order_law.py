@@ -19,14 +19,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import strategies as st
 
 import toysim
 from toysim._training import second_order_ratio
 
 from ._framework import Check
-from .strategies import HARM_KINDS as ALL_HARM_KINDS
-from .strategies import POLICY_KINDS, harms, make_policy
+from .strategies import small_instances
 
 LAMBDAS = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
 INFO_FLOOR = 1e-6
@@ -47,24 +45,6 @@ def compute(inst):
         "I": np.asarray(info),
         "I_uniform_policy": np.asarray(info_uniform),
     }
-
-
-@st.composite
-def small_instances(
-    draw,
-    policy_kinds=POLICY_KINDS,
-    harm_kinds=ALL_HARM_KINDS,
-    vocab_size: int = 2,
-    horizons=(2, 3),
-    scales=(0.3, 1.0),
-    lams=(0.5, 1.0, 4.0),
-):
-    """Like ``strategies.instances`` with the shapes pinned (one compile per shape: see §7 checks)."""
-    horizon = draw(st.sampled_from(horizons))
-    policy = make_policy(draw(st.sampled_from(policy_kinds)), vocab_size, horizon)
-    params = policy.init(jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=draw(st.sampled_from(scales)))
-    harm = draw(harms(vocab_size, horizon, harm_kinds))
-    return toysim.Instance(policy, params, harm, draw(st.sampled_from(lams)))
 
 
 @jax.jit

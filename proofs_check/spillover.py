@@ -30,7 +30,7 @@ import toysim
 from toysim._training import spillover_by_position
 
 from ._framework import Check
-from .second_order_law import small_instances
+from .strategies import small_instances
 from .training_convergence import train
 
 

@@ -123,3 +123,22 @@ def markov_automaton_instances(
     harm = pad_automaton(harm, vocab_size, n_states, draw(st.integers(0, 2**31 - 1)))
     lam = draw(st.sampled_from([0.1, 1.0, 4.0]))
     return Instance(policy, params, harm, lam)
+
+
+@st.composite
+def small_instances(
+    draw,
+    policy_kinds=POLICY_KINDS,
+    harm_kinds=HARM_KINDS,
+    vocab_size: int = 2,
+    horizons=(2, 3),
+    scales=(0.3, 1.0),
+    lams=(0.5, 1.0, 4.0),
+):
+    """Like :func:`instances` with ``V`` and the horizons pinned, so that checks that train or
+    sweep λ (THEORY 7) compile once per shape."""
+    horizon = draw(st.sampled_from(horizons))
+    policy = make_policy(draw(st.sampled_from(policy_kinds)), vocab_size, horizon)
+    params = policy.init(jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=draw(st.sampled_from(scales)))
+    harm = draw(harms(vocab_size, horizon, harm_kinds))
+    return Instance(policy, params, harm, draw(st.sampled_from(lams)))

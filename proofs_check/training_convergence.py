@@ -22,7 +22,7 @@ import toysim
 from toysim._training import train_alignment
 
 from ._framework import Check
-from .second_order_law import small_instances
+from .strategies import small_instances
 
 STEPS = 100
 RECORD_EVERY = 10

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import toysim
 from proofs_check import kl_variance, second_order_law, spillover, training_convergence
-from proofs_check.second_order_law import small_instances
+from proofs_check.strategies import small_instances
 from tests import reference
 from tests.tolerances import IDENTITY, assert_close
 from toysim._cli import main
