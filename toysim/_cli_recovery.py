@@ -39,6 +39,8 @@ def _cmd_deep(args) -> int:
         q, jailbroken = "jailbroken", load(args.q[len("jailbroken:") :])
     else:
         raise ValueError(f"--q must be 'harmful' or 'jailbroken:FILE', got {args.q!r}")
+    if args.steps < 1:
+        raise ValueError(f"--steps must be an integer >= 1, got {args.steps}")
     engine = args.engine
     if engine == "auto":
         engine = "dp" if _dp_applies(instance, jailbroken) else "enumerate"
