@@ -165,13 +165,32 @@ def test_exact_zeros_past_the_horizon():
         assert np.all(arr[:2] > 0) and np.all(arr[2:] == 0.0), name
 
 
+COMPILED = ("_backward_jit", "_forward_jit", "dp_autodiff", "_position_terms_jit", "_finish_jit")
+
+
 def test_compiles_once_per_shape():
-    policy = toysim.MarkovPolicy(2, HORIZON)
-    harm = pad(toysim.trigger_harm(2, [1]), 2, 0)
-    _dp.dp_analyze(policy, policy.init(jax.random.key(0)), harm, 1.0)
-    before = _dp.dp_analyze_arrays._cache_size()
-    _dp.dp_analyze(policy, policy.init(jax.random.key(1)), harm, 2.0)
-    assert _dp.dp_analyze_arrays._cache_size() == before
+    for horizon, compiled in ((HORIZON, ("dp_analyze_arrays",)), (_dp._CONCURRENT_FROM, COMPILED)):
+        policy = toysim.MarkovPolicy(2, horizon)
+        harm = pad(toysim.trigger_harm(2, [1]), 2, 0)
+        _dp.dp_analyze(policy, policy.init(jax.random.key(0)), harm, 1.0)
+        before = [getattr(_dp, name)._cache_size() for name in compiled]
+        assert min(before) >= 1  # dp_analyze ran every one of these programs
+        _dp.dp_analyze(policy, policy.init(jax.random.key(1)), harm, 2.0)
+        assert [getattr(_dp, name)._cache_size() for name in compiled] == before
+
+
+@settings(max_examples=5)
+@given(markov_instances())
+def test_concurrent_analysis_equals_the_single_program(inst):
+    """``dp_analyze`` (three recursions in threads, then the reductions) and ``dp_analyze_arrays``
+    (one program) run the same operations; they differ only by XLA's fusion choices."""
+    logits = jnp.asarray(inst.params.logits)
+    aut = _dp.automaton_arrays(inst.harm, inst.policy.vocab_size)
+    lam = jnp.float64(inst.lam)
+    one = _dp.dp_analyze_arrays(logits, aut, lam, HORIZON, True, 1)
+    many = _dp.dp_analyze_concurrent(logits, aut, lam, HORIZON, True, 1)
+    for field in _dp.DPAnalysis._fields:
+        assert_close(getattr(many, field), getattr(one, field), what=field)
 
 
 def test_refuses_what_it_cannot_read(monkeypatch):
@@ -267,3 +286,73 @@ def test_cli_dp_agrees_with_enumerate_and_refuses_tabular(tmp_path, capsys):
     table = {**small, "harm": {"kind": "table", "values": [0.0] * 8}}
     code, out, err = run(tmp_path, capsys, table, "--engine", "dp")
     assert code == 2 and out == "" and "automaton harm" in err and err.count("\n") == 1
+
+
+backward_passes = jax.jit(_dp._backward_passes, static_argnums=(2, 4))
+forward_log_probs = jax.jit(_dp._forward_log_probs, static_argnums=(2, 3))
+scatter_logsumexp = jax.jit(_dp._scatter_logsumexp)
+
+
+@settings(max_examples=10)
+@given(markov_instances())
+def test_fused_passes_equal_the_separate_ones(inst):
+    """The analysis' fused reverse scan (``H`` and ``log Z`` side by side, determined states) and
+    its forward scan give the public passes' values; ``_scatter_logsumexp`` (a scatter-max shift)
+    equals a dense logsumexp over the one-hot edges."""
+    v, T = inst.policy.vocab_size, inst.policy.horizon
+    aut = _dp.automaton_arrays(inst.harm, v)
+    log_cond = _dp._markov_log_cond(inst.params.logits)
+    pi = jnp.exp(log_cond[:, 0, :])
+    hs, log_z, det = backward_passes(pi, aut, T, inst.lam, 1)
+    assert_close(hs, _dp.dp_martingale(log_cond, aut, T), what="H (fused)")
+    assert_close(log_z, _dp.dp_log_partition(log_cond, aut, T, inst.lam), what="log Z (fused)")
+    assert np.array_equal(det, _dp.dp_determined(aut, T))
+    log_p, fused = _dp.dp_state_log_probs(log_cond, aut, T), forward_log_probs(pi, aut, T, 2)
+    assert np.array_equal(np.isfinite(log_p), np.isfinite(fused))
+    finite = jnp.isfinite(log_p)
+    assert_close(jnp.where(finite, fused, 0.0), jnp.where(finite, log_p, 0.0), what="log P (unrolled)")
+    b = jnp.asarray(np.random.default_rng(T).normal(size=aut.transitions.shape) * 50.0)
+    onehot = _dp._onehot(aut.transitions)
+    dense = jax.nn.logsumexp(jnp.where(onehot, b[:, :, None], -jnp.inf), axis=0)
+    scattered = scatter_logsumexp(b, aut.transitions, onehot)
+    assert np.array_equal(np.isfinite(scattered), np.isfinite(dense))  # −inf where no s leads
+    assert_close(
+        jnp.where(jnp.isfinite(dense), scattered, 0.0),
+        jnp.where(jnp.isfinite(dense), dense, 0.0),
+        what="logsumexp",
+    )
+
+
+def test_information_keeps_relative_accuracy_far_from_the_horizon():
+    """Far from the horizon of a mixing chain the children of a state agree to ~1e-17 and ``I_t``
+    is the variance of rounding noise (~1e-32): expanded about the first child it matches the
+    direct ``Σ P Σ_v π (H_t − H_{t−1})²`` up to the rounding of the martingale identity
+    ``E[H_t | x] = H_{t−1}(x)`` that the expansion uses, ``|H| · ε · sqrt(I_t)`` (with ``|H| <= 1``
+    and a factor 4 for the few roundings involved); the uncentred ``E[H_t²] − 2 H_{t−1} E[H_t] +
+    H_{t−1}²`` leaves residues of ε · H² ~ 1e-17 instead. Negative control: the uncentred form on
+    the same numbers has no correct digit left."""
+    T = 200
+    harm = pad(toysim.trigger_harm(2, [1]), 2, 0)
+    policy = toysim.MarkovPolicy(2, T)
+    params = policy.init(jax.random.key(5), scale=0.3)
+    aut = _dp.automaton_arrays(harm, 2)
+    dp = _dp.dp_analyze(policy, params, harm, 1.0, autodiff=False)
+    log_cond = _dp._markov_log_cond(params.logits)
+    pi = np.exp(np.asarray(log_cond[:, 0, :]))
+    hs = np.asarray(dp.martingale)
+    p = np.exp(np.asarray(_dp.dp_state_log_probs(log_cond, aut, T)))
+    trans = np.asarray(aut.transitions)
+    t = 1
+    child = hs[t][np.arange(2)[None, :], trans]  # (S, V)
+    delta = child[None] - hs[t - 1][:, :, None]
+    open_ = ~np.all(child == child[:, :1], axis=-1)
+    direct = np.sum(np.where(open_[None, :], p[t - 1], 0.0)[:, :, None] * pi[:, None, :] * delta**2)
+    info = float(dp.harm_information[t - 1])
+    assert direct < 1e-20  # the regime this test is about
+    eps = np.finfo(np.float64).eps
+    assert abs(info - direct) <= 4 * eps * np.sqrt(direct)
+    uncentred = np.sum(
+        np.where(open_[None, :], p[t - 1], 0.0)
+        * np.maximum(pi @ (child**2).T - 2 * hs[t - 1] * (pi @ child.T) + hs[t - 1] ** 2, 0.0)
+    )
+    assert abs(uncentred - direct) > 0.5 * direct  # no relative accuracy left (0 or ~1e-17)
