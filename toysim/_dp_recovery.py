@@ -46,8 +46,10 @@ from jaxtyping import Array, Float
 
 from ._dp import (
     Automaton,
+    _backward_passes,
     _children,
     _covariance_terms,
+    _forward_log_probs,
     _markov_log_cond,
     automaton_arrays,
     check_markov,
@@ -375,10 +377,9 @@ def dp_deep_arrays(
       q_logits: ``None`` for ``Q = π_0`` conditioned on harm, else the logit table of the
         first-order Markov policy that gives ``Q``.
     """
-    log_cond = _markov_log_cond(logits)
-    hs = dp_martingale(log_cond, aut, horizon)
-    log_p = dp_state_log_probs(log_cond, aut, horizon)
-    log_z = dp_log_partition(log_cond, aut, horizon, lam)
+    pi = jnp.exp(_markov_log_cond(logits)[:, 0, :])
+    hs, log_z, _ = _backward_passes(pi, aut, horizon, lam, 1)  # H, log Z (and determined states)
+    log_p = _forward_log_probs(pi, aut, horizon, 1)
     if q_logits is None:
         mass = hs[0, -1, aut.start]
         positive = hs[:-1] > 0
@@ -386,7 +387,7 @@ def dp_deep_arrays(
         log_q = log_p[:-1] + log_h - jnp.log(mass)
     else:
         mass = jnp.ones(())
-        log_q = dp_state_log_probs(_markov_log_cond(q_logits), aut, horizon)[:-1]
+        log_q = _forward_log_probs(jnp.exp(_markov_log_cond(q_logits)[:, 0, :]), aut, horizon, 1)[:-1]
     return DPDeep(
         log_q=log_q,
         log_p=log_p,
