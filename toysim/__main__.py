@@ -4,4 +4,5 @@ import sys
 
 from ._cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a worker process of `toysim check --jobs` imports it
+    sys.exit(main())
