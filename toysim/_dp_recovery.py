@@ -249,15 +249,17 @@ def dp_recovery_gradients(
 # Prefilling attacks.
 
 
-def _masked_lse(pi_out: Array, b: Float[Array, "K V"]) -> Float[Array, "V1 K"]:
+def _masked_lse(pi_out: Array, b: Float[Array, "K V"], mask: Array) -> Float[Array, "V1 K"]:
     """``log Σ_{v ∉ R} π(v|c) e^{b[k, v]}`` for every row ``c`` and every ``k`` (a matmul).
 
-    ``pi_out`` is ``π(v|c)`` with the recovery columns zeroed. Shifted by the largest ``b[k, ·]``,
-    so no ``k`` underflows; ``−inf`` where every term is zero.
+    ``pi_out`` is ``π(v|c)`` with the recovery columns zeroed. Shifted by the largest ``b[k, v]``
+    over the tokens outside ``R`` (the only ones summed), so no ``k`` underflows; ``−inf`` where
+    every term is zero.
     """
-    top = jnp.max(b, axis=-1)
+    outside = jnp.where(mask, -jnp.inf, b)  # recovery columns out before exp: no inf · 0
+    top = jnp.max(outside, axis=-1)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
-    return top[None, :] + jnp.log(pi_out @ jnp.exp(b - top[:, None]).T)
+    return top[None, :] + jnp.log(pi_out @ jnp.exp(outside - top[:, None]).T)
 
 
 class DPAttack(NamedTuple):
@@ -301,7 +303,7 @@ def _attack_from(
                 _children(n_gibbs, trans),
             ]
         )  # (3S, V)
-        out = _masked_lse(pi_out, b)
+        out = _masked_lse(pi_out, b, mask)
         norm = jnp.logaddexp(outside, inside + d_t)[:, None]
         nxt = (out[:, :n_states], out[:, n_states : 2 * n_states] - z_tm1, out[:, 2 * n_states :] - norm)
         return nxt, nxt
