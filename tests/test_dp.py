@@ -179,6 +179,8 @@ def test_compiles_once_per_shape():
         assert [getattr(_dp, name)._cache_size() for name in compiled] == before
 
 
+# few examples: the concurrent path compiles four programs of its own per V; the equality is
+# structural (the same operations), and agreement with enumeration is tested above on 20 inputs
 @settings(max_examples=5)
 @given(markov_instances())
 def test_concurrent_analysis_equals_the_single_program(inst):

@@ -684,13 +684,18 @@ def _finish(
         gradient_autodiff_max_abs_error=error if autodiff else jnp.float64(jnp.nan),
         fisher_bound_by_position=jnp.sqrt(info * traces),
         horizon_distribution=jnp.concatenate([tau_0[None], tau]),
-        uniform_horizon=jnp.argmax(jnp.all(det | ~reach, axis=1)),
+        uniform_horizon=_uniform_horizon(det, reach),
         equilibrium_kl_by_position=kls,
         equilibrium_kl=jnp.sum(kls),
         martingale=hs,
         log_partition=log_z,
         gradient=grad_sum,
     )
+
+
+def _uniform_horizon(det: Bool[Array, "T1 S"], reach: Bool[Array, "T1 S"]) -> Array:
+    """``k``: the first position at which every reachable automaton state is determined."""
+    return jnp.argmax(jnp.all(det | ~reach, axis=1))
 
 
 def _no_adjoints(horizon: int) -> Array:

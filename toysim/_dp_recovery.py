@@ -51,14 +51,11 @@ from ._dp import (
     _covariance_terms,
     _forward_log_probs,
     _markov_log_cond,
+    _uniform_horizon,
     automaton_arrays,
     check_markov,
-    dp_determined,
     dp_estimate_bytes,
-    dp_log_partition,
-    dp_martingale,
     dp_reachable,
-    dp_state_log_probs,
 )
 from ._recovery import _check_weights, attack_length, guaranteed_recovery, recovery_mask
 
@@ -88,14 +85,23 @@ class DPRecoverySpec(NamedTuple):
         return self.mu * self.gamma ** np.arange(self.log_q.shape[0], dtype=np.float64)
 
 
+def _pi(logits: Array) -> Float[Array, "V1 V"]:
+    return jnp.exp(_markov_log_cond(logits)[:, 0, :])
+
+
+def _harmful_from(hs: Array, log_p: Array, start: Array) -> tuple[Array, Array]:
+    """``(log Q_t, E[h])`` of ``Q = π_0`` conditioned on harm, from ``H_t`` and ``log P_t``."""
+    total = hs[0, -1, start]
+    positive = hs[:-1] > 0
+    log_h = jnp.where(positive, jnp.log(jnp.where(positive, hs[:-1], 1.0)), -jnp.inf)
+    return log_p[:-1] + log_h - jnp.log(total), total
+
+
 @functools.partial(jax.jit, static_argnames=("horizon",))
 def _harmful_log_q(logits: Array, aut: Automaton, horizon: int) -> tuple[Array, Array]:
-    log_cond = _markov_log_cond(logits)
-    hs = dp_martingale(log_cond, aut, horizon)
-    log_p = dp_state_log_probs(log_cond, aut, horizon)
-    total = hs[0, -1, aut.start]
-    log_h = jnp.where(hs[:-1] > 0, jnp.log(jnp.where(hs[:-1] > 0, hs[:-1], 1.0)), -jnp.inf)
-    return log_p[:-1] + log_h - jnp.log(total), total
+    pi = _pi(logits)
+    hs, _, _ = _backward_passes(pi, aut, horizon, 0.0, 1)
+    return _harmful_from(hs, _forward_log_probs(pi, aut, horizon, 1), aut.start)
 
 
 def dp_harmful_q(logits: Float[Array, "V1 V"], aut: Automaton, horizon: int) -> Float[Array, "T V1 S"]:
@@ -114,7 +120,7 @@ def dp_harmful_q(logits: Float[Array, "V1 V"], aut: Automaton, horizon: int) -> 
 
 def dp_policy_q(logits: Float[Array, "V1 V"], aut: Automaton, horizon: int) -> Float[Array, "T V1 S"]:
     """``log Q_t(c, s)`` of ``Q`` = the first-order Markov policy with these logits (a jailbroken one)."""
-    return dp_state_log_probs(_markov_log_cond(jnp.asarray(logits)), aut, horizon)[:-1]
+    return _forward_log_probs(_pi(jnp.asarray(logits)), aut, horizon, 1)[:-1]
 
 
 def dp_recovery_spec(
@@ -239,10 +245,11 @@ def dp_recovery_gradients(
     (1_R − π(R|c))``. Positions are reduced in batches of ``_BATCH``, so nothing of size
     ``(T, V + 1, V)`` is held.
     """
-    log_cond = _markov_log_cond(logits)
-    hs = dp_martingale(log_cond, aut, horizon)
-    log_p = dp_state_log_probs(log_cond, aut, horizon)
-    return _gradients_from(logits, aut, lam, mask, log_q, discounts, hs, log_p)
+    pi = _pi(logits)
+    hs, _, _ = _backward_passes(pi, aut, horizon, lam, 1)
+    return _gradients_from(
+        logits, aut, lam, mask, log_q, discounts, hs, _forward_log_probs(pi, aut, horizon, 1)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +340,7 @@ def dp_attack_success(
       rebuilt per step from ``log Z`` so that the ``(T, V+1, S, V)`` chain is never stored;
     * gibbs: ``π^G_t(v|c) ∝ π_0(v|c) e^{μγ^{t−1} 1[v ∈ R]}`` [Thm 20].
     """
-    log_z = dp_log_partition(_markov_log_cond(logits), aut, horizon, lam)
+    _, log_z, _ = _backward_passes(_pi(logits), aut, horizon, lam, 1)
     return _attack_from(logits, aut, log_z, mask, log_q, discounts, horizon)
 
 
@@ -347,6 +354,7 @@ class DPDeep(NamedTuple):
       gradients: :class:`DPRecoveryGradients`.
       attack: :class:`DPAttack`.
       q_mass: ``E_0[h]`` for ``Q`` = harmful (must be > 0), else 1.
+      uniform_horizon: ``k`` (THEORY 5).
     """
 
     log_q: Array
@@ -355,6 +363,7 @@ class DPDeep(NamedTuple):
     gradients: DPRecoveryGradients
     attack: DPAttack
     q_mass: Array
+    uniform_horizon: Array
 
 
 @functools.partial(jax.jit, static_argnames=("horizon",))
@@ -379,17 +388,14 @@ def dp_deep_arrays(
       q_logits: ``None`` for ``Q = π_0`` conditioned on harm, else the logit table of the
         first-order Markov policy that gives ``Q``.
     """
-    pi = jnp.exp(_markov_log_cond(logits)[:, 0, :])
-    hs, log_z, _ = _backward_passes(pi, aut, horizon, lam, 1)  # H, log Z (and determined states)
+    pi = _pi(logits)
+    hs, log_z, det = _backward_passes(pi, aut, horizon, lam, 1)
     log_p = _forward_log_probs(pi, aut, horizon, 1)
     if q_logits is None:
-        mass = hs[0, -1, aut.start]
-        positive = hs[:-1] > 0
-        log_h = jnp.where(positive, jnp.log(jnp.where(positive, hs[:-1], 1.0)), -jnp.inf)
-        log_q = log_p[:-1] + log_h - jnp.log(mass)
+        log_q, mass = _harmful_from(hs, log_p, aut.start)
     else:
         mass = jnp.ones(())
-        log_q = _forward_log_probs(jnp.exp(_markov_log_cond(q_logits)[:, 0, :]), aut, horizon, 1)[:-1]
+        log_q = _forward_log_probs(_pi(q_logits), aut, horizon, 1)[:-1]
     return DPDeep(
         log_q=log_q,
         log_p=log_p,
@@ -397,6 +403,7 @@ def dp_deep_arrays(
         gradients=_gradients_from(logits, aut, lam, mask, log_q, discounts, hs, log_p),
         attack=_attack_from(logits, aut, log_z, mask, log_q, discounts, horizon),
         q_mass=mass,
+        uniform_horizon=_uniform_horizon(det, dp_reachable(aut, horizon)),
     )
 
 
@@ -474,9 +481,7 @@ def dp_deep_report(
     if not out.q_mass > 0:
         raise ValueError("q = harmful (π_0 conditioned on harm) has no mass: E_0[h] = 0")
     grads, attack = out.gradients, out.attack
-    det = np.asarray(dp_determined(aut, T))
-    reach = np.asarray(dp_reachable(aut, T))
-    k = int(np.argmax(np.all(det | ~reach, axis=1)))
+    k = int(out.uniform_horizon)
 
     inside = np.asarray(_row_recovery(logits, mask)[0])
     occurs = np.isfinite(out.log_p[:-1]).any(axis=(0, 2))  # rows c that some prefix of length < T ends in
