@@ -96,22 +96,28 @@ def sequence_scores(policy, params) -> tuple[np.ndarray, np.ndarray]:
     From the Jacobian of ``log_softmax(policy.logits(θ, t))`` per level, indexed by each sequence's
     prefix and token (no sampling, no engine pass). The flattening order is that of the estimates.
     """
+    p, scores = _sequence_scores(policy, params)
+    return np.asarray(p), np.asarray(scores)
+
+
+@functools.partial(jax.jit, static_argnames=("policy",))
+def _sequence_scores(policy, params):
     v, horizon = policy.vocab_size, policy.horizon
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     leaves = np.stack(np.unravel_index(np.arange(v**horizon), (v,) * horizon), axis=1)
-    scores, log_p = [], np.zeros(v**horizon)
+    scores, log_p = [], jnp.zeros(v**horizon)
     for t in range(horizon):
 
         def level(theta, t=t):
             return jax.nn.log_softmax(policy.logits(unravel(theta), t), axis=-1)
 
-        jac = np.asarray(jax.jacrev(level)(flat))  # (V^t, V, |θ|)
+        jac = jax.jacrev(level)(flat)  # (V^t, V, |θ|)
         prefix = np.zeros(v**horizon, dtype=np.int64)
         for j in range(t):
             prefix = prefix * v + leaves[:, j]
         scores.append(jac[prefix, leaves[:, t]])
-        log_p = log_p + np.asarray(level(flat))[prefix, leaves[:, t]]
-    return np.exp(log_p), np.stack(scores)
+        log_p = log_p + level(flat)[prefix, leaves[:, t]]
+    return jnp.exp(log_p), jnp.stack(scores)
 
 
 def estimate_variance(p: np.ndarray, h: np.ndarray, z: np.ndarray, n: int) -> np.ndarray:
