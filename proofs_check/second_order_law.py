@@ -44,11 +44,13 @@ over every λ and every position (NaN anywhere, or a NaN ratio where ``I_ref > 1
 infinite). Tolerance 1: each term is divided by what may be proven (``B_t``) or by the float64
 floor ``F``. ``F = 64 ε (1 + max |log π_0|)``: the library's ``D_t`` sums ``π*(v|p)(log π* −
 log π_0)`` where ``log π* = log π_0 + (log Z_t − log Z_{t−1})`` is rounded at the size of
-``|log π_0|`` (measured: at most ``2 ε (1 + max|log π_0|)`` over 400 instances); ``I_t`` is a sum
+``|log π_0|`` (measured over 200 instances: at most ``1.2 ε (1 + max|log π_0|)``); ``I_t`` is a sum
 of squares of differences of numbers in ``[0, 1]`` (error ``~ε``). A realistic bug is far above:
 a factor 2 in ``I_t``, ``D_t`` of another position, ``I_t`` of another policy, or a missing
 factor 2 in the ratio moves ``D_t − λ² I_t/2`` by ``Θ(λ² I_t)``, which exceeds ``B_t ≈ λ³(5I_t/6
-+ S_t/16)`` once ``λ`` is below ~``I_t/S_t``; the grid reaches ``10^{−4}``.
++ S_t/16)`` once ``λ`` is below ~``I_t/S_t``; the grid reaches ``10^{−4}``. Measured on 200 drawn
+instances: the law term is at most 0.33 (``B_t`` is within a factor 3 of the true deviation at the
+worst point); where ``I_t = 0 < D_t`` the ``λ⁴`` term is within 2 % of ``D_t`` at ``λ = 0.01``.
 """
 
 from __future__ import annotations
