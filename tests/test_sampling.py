@@ -57,10 +57,12 @@ def test_sampled_leaves_follow_the_policy():
 
 @pytest.mark.parametrize("kind", ["tabular", "mlp"])
 def test_reinforce_unbiased_and_controls_fail(kind):
+    # deadline at 2: two live positions; the stated power needs 22 000 / 32 000 estimates here
     check = sampling.CHECKS[0]
     policy = make_policy(kind, 2, 3)
-    inst = toysim.Instance(policy, policy.init(jax.random.key(5)), toysim.deadline_harm(2, [1], 2), 1.0)
+    inst = toysim.Instance(policy, policy.init(jax.random.key(1)), toysim.deadline_harm(2, [1], 2), 1.0)
     q = check.compute((inst, 123))
+    assert q["repeats"] <= sampling.MAX_REPEATS
     assert check.residual(q) <= check.tolerance
     for name, corrupt in check.corruptions.items():
         assert check.residual(corrupt(q)) > check.tolerance, name
@@ -154,6 +156,23 @@ def test_cli_sample_vs_exact(tmp_path, capsys):
     assert [r["samples"] for r in rep["sampled"]] == [10, 100]
     assert rep["uniform_horizon"] == 1 and rep["exact_gradient_norm_by_position"][1] == 0.0
     assert len(rep["sampled"][0]["rms_error_by_position"]) == 2
+    # results only: two runs print the same bytes (no wall times in the JSON)
+    assert "timings" not in rep and "wall_time" not in out
+    code2, out2, _ = _run(tmp_path, capsys, ["--samples", "10,100", "--repeats", "3", "--seed", "1"])
+    assert code2 == 0 and out2 == out
+
+
+def test_sampling_versus_exact_timings_are_a_separate_key():
+    policy = toysim.TabularPolicy(2, 2)
+    params = policy.init(jax.random.key(1))
+    h = jnp.asarray(toysim.harm_values(toysim.deadline_harm(2, [1], 1), 2, 2))
+    plain = sampling_versus_exact(policy, params, h, (10, 20), seed=2, repeats=2)
+    timed = sampling_versus_exact(policy, params, h, (10, 20), seed=2, repeats=2, timings=True)
+    tim = timed.pop("timings")
+    assert timed == plain
+    assert tim["exact_wall_time_s"] > 0 and [r["samples"] for r in tim["sampled"]] == [10, 20]
+    assert all(r["wall_time_baseline_s"] > 0 for r in tim["sampled"])
+    assert len(tim["sampled_rms_at_exact_wall_time_by_position"]) == 2
 
 
 @pytest.mark.parametrize(

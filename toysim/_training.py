@@ -274,7 +274,8 @@ def second_order_ratio(
 
     h = jnp.asarray(h)
     info = harm_information(base_levels, harm_martingale(base_levels, h))
-    d = jnp.stack([tilt(base_levels, h, lam).kl_by_position for lam in jnp.asarray(lams)])
-    lam2 = jnp.asarray(lams)[:, None] ** 2
+    lams = jnp.asarray(lams)
+    d = jax.vmap(lambda lam: tilt(base_levels, h, lam).kl_by_position)(lams)  # one traced tilt for the sweep
+    lam2 = lams[:, None] ** 2
     ratio = jnp.where(info > 0, 2.0 * d / (lam2 * jnp.where(info > 0, info, 1.0)), jnp.nan)
     return ratio, d, info
