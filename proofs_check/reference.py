@@ -1,0 +1,284 @@
+"""Slow, obviously-correct references for the core checks: every sequence, one at a time.
+
+Nothing here reads the engine's arrays (``toysim.forward``, ``harm_martingale``, ``fisher_trace``,
+``generic_fisher_trace``, ``covariance_gradient``, ``determined_masks``, the DP): the logits of
+each prefix come from the policy's definition written out in numpy (:func:`prefix_logits`, as in
+``tests/reference.py``), the probability of each sequence is a product of softmaxes, every
+conditional expectation is a sum over the sequences that extend a prefix, and the score vectors
+are an explicit Jacobian (``jax.jacfwd`` of ``log_softmax(policy.logits(θ, t))`` with respect to
+the flattened parameters, one row per prefix and token). :func:`brute_force` returns every
+quantity of THEORY.md sections 2-7 per prefix and per position.
+
+The only shared conventions are the instance's own: the lexicographic order of prefixes (first
+token most significant) and ``toysim.harm_values`` (the harm's definition as a table).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from toysim import MarkovPolicy, MLPPolicy, TabularPolicy, harm_values
+
+
+def lex_index(prefix, vocab_size: int) -> int:
+    """Row of ``prefix`` among the prefixes of its length (first token most significant)."""
+    index = 0
+    for tok in prefix:
+        index = index * vocab_size + tok
+    return index
+
+
+def prefix_logits(policy, params, prefix) -> np.ndarray:
+    """Logits of one prefix (a tuple of tokens), straight from the policy's definition."""
+    v, t = policy.vocab_size, len(prefix)
+    if isinstance(policy, TabularPolicy):
+        return np.asarray(params[t][lex_index(prefix, v)], dtype=np.float64)
+    if isinstance(policy, MarkovPolicy):
+        context = 0
+        for j in range(policy.order):  # j = 0 is the most recent token, BOS = V pads
+            tok = prefix[t - 1 - j] if j < t else v
+            context += tok * (v + 1) ** j
+        return np.asarray(params.logits[context], dtype=np.float64)
+    if isinstance(policy, MLPPolicy):
+        feats = []
+        for j in range(policy.window):
+            onehot = np.zeros(v + 1)
+            onehot[prefix[t - 1 - j] if j < t else v] = 1.0
+            feats.append(onehot)
+        freq = np.zeros(v)
+        for tok in prefix:
+            freq[tok] += 1.0 / t
+        x = np.concatenate(feats + [freq])
+        w_in, b_in, w_out, b_out = (np.asarray(a, dtype=np.float64) for a in params)
+        return np.tanh(x @ w_in + b_in) @ w_out + b_out
+    raise TypeError(f"no reference for policy {type(policy).__name__}")
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max()
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def sequences(vocab_size: int, length: int) -> list[tuple[int, ...]]:
+    """Every sequence of ``length`` tokens, in lexicographic order."""
+    return list(itertools.product(range(vocab_size), repeat=length))
+
+
+def scores(policy, params, t: int) -> np.ndarray:
+    """Score vectors ``∇_θ log π(v | p)`` of every prefix ``p`` of length ``t``: ``(V**t, V, |θ|)``.
+
+    An explicit Jacobian (forward mode) of ``log_softmax`` of the level's logits with respect to
+    the flattened parameters (``jax.flatten_util.ravel_pytree`` order).
+    """
+    flat, unravel = ravel_pytree(params)
+
+    def log_probs(theta):
+        return jax.nn.log_softmax(policy.logits(unravel(theta), t), axis=-1)
+
+    return np.asarray(jax.jacfwd(log_probs)(flat), dtype=np.float64)
+
+
+def flat(tree) -> np.ndarray:
+    """A pytree flattened in the order of :func:`scores` (``ravel_pytree``)."""
+    return np.asarray(ravel_pytree(tree)[0], dtype=np.float64)
+
+
+class Reference(NamedTuple):
+    """Brute-force quantities of one instance (lists indexed by position ``t = 1..T`` as ``t − 1``
+    unless stated otherwise).
+
+    Attributes:
+      cond: ``π(v|p)`` per level, ``(V**(t−1), V)``.
+      leaf: ``P(y)`` per sequence, ``(V**T,)``.
+      h: ``h(y)``, ``(V**T,)``.
+      mass: ``P(p)`` for prefix lengths ``0..T`` (``T + 1`` arrays).
+      H: ``E[h | p]`` for prefix lengths ``0..T``.
+      var_prefix: ``Var(H_t | p) = Σ_v π(v|p) (H(p·v) − H(p))²`` per level.
+      trace: ``tr F_t(p) = Σ_v π(v|p) ‖∇ log π(v|p)‖²`` per level (explicit Jacobian).
+      cov: ``Cov(H_t, s_t | p) = Σ_v π (H(p·v) − E H)(s_v − E s)`` per level, ``(V**(t−1), |θ|)``.
+      cov_sq: ``‖Cov(H_t, s_t | p)‖²`` per level.
+      information: ``I_t = Σ_p P(p) Var(H_t | p)``, ``(T,)``.
+      gradient: ``G_t = Σ_p P(p) Cov(H_t, s_t | p)``, ``(T, |θ|)``.
+      mean_trace: ``E_p[tr F_t(p)]``, ``(T,)``.
+      variance: ``Var(h)`` from the leaves.
+      tau: ``τ(y)``, the smallest ``t`` with ``h(y_≤t, c)`` the same for every continuation ``c``.
+      horizon: ``k = max_y τ(y)``.
+      tau_distribution: ``P(τ = t)`` for ``t = 0..T``.
+      determined: per prefix length ``0..T``, whether ``h`` is constant below the prefix.
+    """
+
+    cond: list
+    leaf: np.ndarray
+    h: np.ndarray
+    mass: list
+    H: list
+    var_prefix: list
+    trace: list
+    cov: list
+    cov_sq: list
+    information: np.ndarray
+    gradient: np.ndarray
+    mean_trace: np.ndarray
+    variance: float
+    tau: np.ndarray
+    horizon: int
+    tau_distribution: np.ndarray
+    determined: list
+
+
+def _conditional_means(leaf: np.ndarray, f: np.ndarray, vocab_size: int, t: int) -> np.ndarray:
+    """``E[f(Y) | Y_≤t = p]`` for every prefix ``p`` of length ``t``, summed over the leaves below.
+
+    Where ``f`` is the same on every leaf below ``p`` the mean is that value (the conditional
+    expectation of a constant), not a ratio of sums that rounds it.
+    """
+    block = leaf.reshape(vocab_size**t, -1)
+    values = f.reshape(vocab_size**t, -1)
+    mean = (block * values).sum(axis=1) / block.sum(axis=1)
+    constant = np.all(values == values[:, :1], axis=1)
+    return np.where(constant, values[:, 0], mean)
+
+
+def horizons(h: np.ndarray, vocab_size: int, horizon: int):
+    """``(determined, τ)``: for each length ``t = 0..T`` whether each prefix fixes ``h`` (every
+    continuation gives the same value), and per sequence ``τ(y) = min{t : y_≤t determined}``."""
+    determined = []
+    for t in range(horizon + 1):
+        below = h.reshape(vocab_size**t, -1)
+        determined.append(np.all(below == below[:, :1], axis=1))
+    tau = np.empty(vocab_size**horizon, dtype=np.int64)
+    for i, y in enumerate(sequences(vocab_size, horizon)):
+        tau[i] = min(t for t in range(horizon + 1) if determined[t][lex_index(y[:t], vocab_size)])
+    return determined, tau
+
+
+def brute_force(policy, params, harm: Any, with_scores: bool = True) -> Reference:
+    """Every reference quantity of one instance (see :class:`Reference`).
+
+    Args:
+      policy, params: the policy and its parameters.
+      harm: the harm (any family ``toysim.harm_values`` reads).
+      with_scores: compute the Jacobian quantities (``trace``, ``cov``, ``cov_sq``, ``gradient``,
+        ``mean_trace``); ``None`` there otherwise.
+    """
+    v, T = policy.vocab_size, policy.horizon
+    h = np.asarray(harm_values(harm, v, T), dtype=np.float64)
+    cond = []
+    for t in range(T):
+        cond.append(np.stack([softmax(prefix_logits(policy, params, p)) for p in sequences(v, t)]))
+    leaf = np.empty(v**T)
+    for i, y in enumerate(sequences(v, T)):
+        prob = 1.0
+        for t in range(T):
+            prob *= cond[t][lex_index(y[:t], v), y[t]]
+        leaf[i] = prob
+    mass = [leaf.reshape(v**t, -1).sum(axis=1) for t in range(T + 1)]
+    H = [_conditional_means(leaf, h, v, t) for t in range(T + 1)]
+    var_prefix, trace, cov, cov_sq = [], [], [], []
+    for t in range(T):
+        child = H[t + 1].reshape(-1, v)
+        var_prefix.append(np.sum(cond[t] * (child - H[t][:, None]) ** 2, axis=1))
+        if with_scores:
+            s = scores(policy, params, t)  # (V**t, V, |θ|)
+            trace.append(np.einsum("pv,pvk->p", cond[t], s**2))
+            mean_h = np.sum(cond[t] * child, axis=1, keepdims=True)
+            mean_s = np.einsum("pv,pvk->pk", cond[t], s)
+            c = np.einsum("pv,pvk->pk", cond[t] * (child - mean_h), s - mean_s[:, None, :])
+            cov.append(c)
+            cov_sq.append(np.sum(c**2, axis=1))
+    information = np.asarray([np.sum(mass[t] * var_prefix[t]) for t in range(T)])
+    gradient = mean_trace = None
+    if with_scores:
+        gradient = np.stack([mass[t] @ cov[t] for t in range(T)])
+        mean_trace = np.asarray([np.sum(mass[t] * trace[t]) for t in range(T)])
+    mean = np.sum(leaf * h)
+    determined, tau = horizons(h, v, T)
+    tau_distribution = np.asarray([np.sum(leaf[tau == t]) for t in range(T + 1)])
+    return Reference(
+        cond=cond,
+        leaf=leaf,
+        h=h,
+        mass=mass,
+        H=H,
+        var_prefix=var_prefix,
+        trace=trace or None,
+        cov=cov or None,
+        cov_sq=cov_sq or None,
+        information=information,
+        gradient=gradient,
+        mean_trace=mean_trace,
+        variance=float(np.sum(leaf * (h - mean) ** 2)),
+        tau=tau,
+        horizon=int(tau.max()),
+        tau_distribution=tau_distribution,
+        determined=determined,
+    )
+
+
+def tilt_kl(cond: list, leaf: np.ndarray, h: np.ndarray, lam: float, vocab_size: int):
+    """``(D_t for t = 1..T, per-prefix KL per level, KL(π*‖π_0))`` of the tilt
+    ``π*(y) ∝ π_0(y) e^{−λh(y)}``, from sequence-level probabilities.
+
+    ``π*(v|p) = P*(p·v) / P*(p)`` with ``P*`` summed over the leaves below each prefix; the KL of a
+    row is ``Σ_v π* log(π*/π_0)``. Where every leaf below ``p`` has the same harm, ``π*(·|p)`` is
+    ``π_0(·|p)`` by definition (the factor ``e^{−λh}`` is a constant there).
+    """
+    T = len(cond)
+    weight = leaf * np.exp(-lam * h)
+    star = weight / weight.sum()
+    prefix_kl, d = [], []
+    for t in range(T):
+        m_star = star.reshape(vocab_size**t, -1).sum(axis=1)
+        child = star.reshape(vocab_size ** (t + 1), -1).sum(axis=1).reshape(-1, vocab_size)
+        below = h.reshape(vocab_size**t, -1)
+        constant = np.all(below == below[:, :1], axis=1)
+        pi_star = np.where(constant[:, None], cond[t], child / m_star[:, None])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(pi_star > 0, pi_star * np.log(pi_star / cond[t]), 0.0)
+        kl = np.where(constant, 0.0, terms.sum(axis=1))
+        prefix_kl.append(kl)
+        d.append(float(np.sum(m_star * kl)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        seq = float(np.sum(np.where(star > 0, star * np.log(star / leaf), 0.0)))
+    return np.asarray(d), prefix_kl, seq
+
+
+def scaled_error(actual, reference) -> float:
+    """``max |actual − reference| / max(1, max |reference|)``; ``inf`` on a shape mismatch (a
+    quantity with a missing or extra position is as wrong as a wrong value)."""
+    actual, reference = np.asarray(actual, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if actual.shape != reference.shape:
+        return float("inf")
+    scale = max(1.0, float(np.max(np.abs(reference), initial=0.0)))
+    return float(np.max(np.abs(actual - reference), initial=0.0)) / scale
+
+
+def max_error(pairs) -> float:
+    """The largest :func:`scaled_error` over ``(actual, reference)`` pairs (lists compared entry by
+    entry; a list of another length is a mismatch)."""
+    worst = 0.0
+    for actual, reference in pairs:
+        if isinstance(reference, (list, tuple)):
+            if len(actual) != len(reference):
+                return float("inf")
+            for a, r in zip(actual, reference):
+                worst = max(worst, scaled_error(a, r))
+        else:
+            worst = max(worst, scaled_error(actual, reference))
+    return worst
+
+
+def as_numpy(xs) -> list:
+    return [np.asarray(x, dtype=np.float64) for x in xs]
+
+
+def jnp_h(inst) -> jnp.ndarray:
+    """The harm table of an instance as a float64 JAX array (input of the engine)."""
+    return jnp.asarray(harm_values(inst.harm, inst.policy.vocab_size, inst.policy.horizon))
