@@ -93,9 +93,14 @@ def compute_prefix(inst):
 
 def residual_prefix(q):
     errors = [
-        ref.max_error([(q["cov_sq"], q["ref_cov_sq"]), (q["var"], q["ref_var"]), (q["trace"], q["ref_trace"])])
+        ref.max_error(
+            [(q["cov_sq"], q["ref_cov_sq"]), (q["var"], q["ref_var"]), (q["trace"], q["ref_trace"])]
+        )
     ]
-    for cov_sq, var, trace in ((q["cov_sq"], q["var"], q["trace"]), (q["ref_cov_sq"], q["ref_var"], q["ref_trace"])):
+    for cov_sq, var, trace in (
+        (q["cov_sq"], q["var"], q["trace"]),
+        (q["ref_cov_sq"], q["ref_var"], q["ref_trace"]),
+    ):
         rhs = [v * f for v, f in zip(var, trace)]
         errors += [_excess(c, r) for c, r in zip(cov_sq, rhs)]
         if q["tight"]:

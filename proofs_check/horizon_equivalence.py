@@ -85,9 +85,7 @@ def residual(q):
         exact += float("inf")
     else:
         exact += sum(_mismatches(m, r) for m, r in zip(q["masks"], q["ref_masks"]))
-    floats = ref.max_error(
-        [(q["tau_distribution"], q["ref_tau_distribution"]), (info, q["ref_information"])]
-    )
+    floats = ref.max_error([(q["tau_distribution"], q["ref_tau_distribution"]), (info, q["ref_information"])])
     return exact + max(0.0, floats - tol.REFERENCE)
 
 

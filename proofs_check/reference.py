@@ -282,3 +282,100 @@ def as_numpy(xs) -> list:
 def jnp_h(inst) -> jnp.ndarray:
     """The harm table of an instance as a float64 JAX array (input of the engine)."""
     return jnp.asarray(harm_values(inst.harm, inst.policy.vocab_size, inst.policy.horizon))
+
+
+def markov_automaton(logits, transitions, final_harm, start: int, horizon: int, lam: float) -> dict:
+    """Every per-position quantity of a first-order Markov policy with a DFA harm, by a plain numpy
+    forward/backward recursion over the product state ``(last token c, automaton state s)``,
+    written independently of ``toysim._dp`` (probability space, no constant rule, no chunks).
+
+    Args:
+      logits: ``(V + 1, V)`` logit table (row ``V`` = beginning of sequence).
+      transitions: ``(S, V)`` next states; final_harm: ``(S,)``; start: start state.
+      horizon: ``T``; lam: ``λ`` of the tilt.
+
+    Returns:
+      ``expected_harm``, ``harm_variance``, ``harm_information`` (``I_t``), ``gradient`` (``G_t``,
+      ``(T, V + 1, V)``), ``gradient_norm_by_position``, ``fisher_bound_by_position``,
+      ``horizon_distribution`` (``P(τ = t)``, ``t = 0..T``), ``uniform_horizon``,
+      ``equilibrium_kl_by_position`` (``D_t``), ``equilibrium_kl``.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    trans = np.asarray(transitions, dtype=np.int64)
+    final = np.asarray(final_harm, dtype=np.float64)
+    v1, v = logits.shape
+    n_states = trans.shape[0]
+    pi = np.stack([softmax(row) for row in logits])  # (V+1, V)
+    # tr F per logit row from an explicit Jacobian of log_softmax with respect to the table
+    jac = np.asarray(jax.jacfwd(lambda z: jax.nn.log_softmax(z, axis=-1))(jnp.asarray(logits)))
+    trace_row = np.einsum("cv,cvk->c", pi, (jac**2).reshape(v1, v, -1))
+    tokens = np.broadcast_to(np.arange(v)[None, :], trans.shape)
+
+    def forward(step_law):
+        p = np.zeros((v1, n_states))
+        p[v1 - 1, start] = 1.0
+        out = [p]
+        for t in range(1, horizon + 1):
+            flow = np.einsum("cs,csv->sv", p, step_law(t))  # P(state s, next token v)
+            p = np.zeros((v1, n_states))
+            np.add.at(p, (tokens, trans), flow)
+            out.append(p)
+        return out
+
+    def children(values):  # values[v, δ(s, v)] as (S, V)
+        return values[tokens, trans]
+
+    law = np.broadcast_to(pi[:, None, :], (v1, n_states, v))
+    P = forward(lambda t: law)
+    H = [None] * (horizon + 1)
+    Z = [None] * (horizon + 1)
+    H[horizon] = np.broadcast_to(final[None, :], (v1, n_states)).copy()
+    Z[horizon] = np.exp(-lam * H[horizon])
+    for t in range(horizon, 0, -1):
+        H[t - 1] = pi @ children(H[t]).T
+        Z[t - 1] = pi @ children(Z[t]).T
+    information, gradient, mean_trace = [], [], []
+    for t in range(1, horizon + 1):
+        delta = children(H[t])[None, :, :] - H[t - 1][:, :, None]  # (V+1, S, V)
+        information.append(float(np.sum(P[t - 1][:, :, None] * law * delta**2)))
+        gradient.append(np.einsum("cs,csv->cv", P[t - 1], law * delta))
+        mean_trace.append(float(np.sum(P[t - 1] * trace_row[:, None])))
+    information, gradient = np.asarray(information), np.stack(gradient)
+    # determination: the set of final harms reachable from s in exactly T − t steps
+    reach_sets = [None] * (horizon + 1)
+    reach_sets[horizon] = [{float(final[s])} for s in range(n_states)]
+    for t in range(horizon, 0, -1):
+        reach_sets[t - 1] = [
+            set().union(*(reach_sets[t][trans[s, u]] for u in range(v))) for s in range(n_states)
+        ]
+    det = [np.asarray([len(x) == 1 for x in level]) for level in reach_sets]
+    tau = [float(det[0][start])]
+    for t in range(1, horizon + 1):
+        newly = det[t][trans] & ~det[t - 1][:, None]  # (S, V)
+        tau.append(float(np.sum(P[t - 1][:, :, None] * law * newly[None, :, :])))
+    reachable = {start}
+    k = None
+    for t in range(horizon + 1):
+        if k is None and all(det[t][s] for s in reachable):
+            k = t
+        reachable = {int(trans[s, u]) for s in reachable for u in range(v)}
+    # the tilt as a time-dependent chain π*_t(v | c, s) = π(v|c) Z_t(v, δ(s, v)) / Z_{t−1}(c, s)
+    star = [None] + [law * children(Z[t])[None, :, :] / Z[t - 1][:, :, None] for t in range(1, horizon + 1)]
+    P_star = forward(lambda t: star[t])
+    kl = []
+    for t in range(1, horizon + 1):
+        terms = star[t] * np.log(star[t] / law)
+        kl.append(float(np.sum(P_star[t - 1][:, :, None] * terms)))
+    mean = float(np.sum(P[horizon] * final[None, :]))
+    return {
+        "expected_harm": mean,
+        "harm_variance": float(np.sum(P[horizon] * (final[None, :] - mean) ** 2)),
+        "harm_information": information,
+        "gradient": gradient,
+        "gradient_norm_by_position": np.sqrt(np.sum(gradient**2, axis=(1, 2))),
+        "fisher_bound_by_position": np.sqrt(information * np.asarray(mean_trace)),
+        "horizon_distribution": np.asarray(tau),
+        "uniform_horizon": k,
+        "equilibrium_kl_by_position": np.asarray(kl),
+        "equilibrium_kl": float(np.sum(kl)),
+    }

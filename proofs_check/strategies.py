@@ -173,7 +173,9 @@ def early_horizon_instances(draw, policy_kinds=POLICY_KINDS, horizons=(2, 3)):
         head = harm_values(draw(harms(vocab_size, m)), vocab_size, m)
         harm = table_harm(np.repeat(head, vocab_size ** (horizon - m)), vocab_size, horizon)
     elif mode <= 14:
-        tokens = draw(st.lists(st.integers(0, vocab_size - 1), min_size=1, max_size=vocab_size - 1, unique=True))
+        tokens = draw(
+            st.lists(st.integers(0, vocab_size - 1), min_size=1, max_size=vocab_size - 1, unique=True)
+        )
         harm = deadline_harm(vocab_size, tokens, draw(st.integers(1, horizon - 1)))
     elif mode <= 16:
         m = draw(st.integers(0, horizon))
