@@ -27,6 +27,11 @@ explicit Jacobian, determination from the sets of reachable final harms, the til
 time-dependent chain), and ``Σ_t I_t = Var h``. A missing or extra position is a mismatch.
 Exercised: some ``I_t`` past position 128 is positive (the tail chunk carries information).
 
+``dp_long_horizon`` also compares ``E[h]``, ``Var h``, ``I_t``, ``‖G_t‖``, the Fisher bound,
+``P(τ = t)``, ``k``, ``D_t`` and ``KL(π*‖π_0)`` with the numpy recursion of ``dp_past_chunk``
+(the identities above run on the DP's own arrays; the recursion makes them speak about the right
+values). Exercised: ``k < T`` (positions past the horizon, where the exact zeros are tested).
+
 Residual: ``dp_matches_enumeration`` -- the largest absolute difference over every compared
 quantity. ``dp_long_horizon`` -- the largest violation among the identities (absolute
 differences), the exact zeros (values past ``k``), and the inequalities (positive parts).
@@ -167,7 +172,18 @@ def _corrupt_dp(key, fn):
 
 def compute_long(case):
     exact, deep = _dp_side(case)
+    inst = case[0]
+    harm = inst.harm
+    r = ref.markov_automaton(
+        np.asarray(inst.params.logits),
+        harm.transitions,
+        harm.final_harm,
+        int(harm.start),
+        inst.policy.horizon,
+        float(inst.lam),
+    )
     return {
+        "reference": {f: np.asarray(r[f], dtype=np.float64) for f in (*_CHUNK_FIELDS, "uniform_horizon")},
         **{k: np.asarray(v, dtype=np.float64) for k, v in exact.items() if k != "engine"},
         "recovery_autodiff_max_abs_error": deep["recovery_autodiff_max_abs_error"],
         "recovery_closed_form": np.asarray(deep["gradient_norm_by_position"]["recovery_closed_form"]),
@@ -190,6 +206,7 @@ def residual_long(q):
         abs(float(np.sum(q["horizon_distribution"])) - 1.0),
         float(np.max(np.abs(attack["standard"][k:] - attack["base"][k:]), initial=0.0)),
         float(np.max(attack["gibbs"] - attack["base"], initial=0.0)),
+        ref.max_error([(q[f], v) for f, v in q["reference"].items()]),  # numpy recursion
     ]
     return max(errors)
 

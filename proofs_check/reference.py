@@ -133,7 +133,7 @@ class Reference(NamedTuple):
     determined: list
 
 
-def _conditional_means(leaf: np.ndarray, f: np.ndarray, vocab_size: int, t: int) -> np.ndarray:
+def conditional_means(leaf: np.ndarray, f: np.ndarray, vocab_size: int, t: int) -> np.ndarray:
     """``E[f(Y) | Y_≤t = p]`` for every prefix ``p`` of length ``t``, summed over the leaves below.
 
     Where ``f`` is the same on every leaf below ``p`` the mean is that value (the conditional
@@ -180,7 +180,7 @@ def brute_force(policy, params, harm: Any, with_scores: bool = True) -> Referenc
             prob *= cond[t][lex_index(y[:t], v), y[t]]
         leaf[i] = prob
     mass = [leaf.reshape(v**t, -1).sum(axis=1) for t in range(T + 1)]
-    H = [_conditional_means(leaf, h, v, t) for t in range(T + 1)]
+    H = [conditional_means(leaf, h, v, t) for t in range(T + 1)]
     var_prefix, trace, cov, cov_sq = [], [], [], []
     for t in range(T):
         child = H[t + 1].reshape(-1, v)
@@ -379,3 +379,36 @@ def markov_automaton(logits, transitions, final_harm, start: int, horizon: int, 
         "equilibrium_kl_by_position": np.asarray(kl),
         "equilibrium_kl": float(np.sum(kl)),
     }
+
+
+def sequence_expected_harm(policy, params_by_position, h) -> jnp.ndarray:
+    """``E[h] = Σ_y Π_t π_{θ_t}(y_t | y_<t) h(y)``, one term per sequence, differentiable in JAX.
+
+    Position ``t`` reads ``params_by_position[t]`` (all equal for the tied objective): each
+    sequence picks its own row ``lex(y_<t)`` of ``log_softmax(policy.logits(θ_t, t))`` and its own
+    token, with no use of the engine's level accumulation (``toysim.forward``,
+    ``levels_from_log_cond``).
+    """
+    v, T = policy.vocab_size, policy.horizon
+    seqs = np.asarray(sequences(v, T), dtype=np.int64).reshape(-1, T)
+    log_p = 0.0
+    for t in range(T):
+        rows = np.zeros(seqs.shape[0], dtype=np.int64)
+        for j in range(t):
+            rows = rows * v + seqs[:, j]
+        log_cond = jax.nn.log_softmax(policy.logits(params_by_position[t], t), axis=-1)
+        log_p = log_p + log_cond[rows, seqs[:, t]]
+    return jnp.sum(jnp.exp(log_p) * jnp.asarray(h))
+
+
+def tied_gradient(policy, params, h) -> np.ndarray:
+    """``∇_θ E[h]`` of :func:`sequence_expected_harm` (flattened, :func:`flat` order)."""
+    grad = jax.grad(lambda p: sequence_expected_harm(policy, [p] * policy.horizon, h))(params)
+    return flat(grad)
+
+
+def untied_gradients(policy, params, h) -> np.ndarray:
+    """``∂E[h]/∂θ_t`` at ``θ_1 = … = θ_T = θ``, one literal parameter copy per position:
+    ``(T, |θ|)``."""
+    grads = jax.grad(lambda copies: sequence_expected_harm(policy, copies, h))([params] * policy.horizon)
+    return np.stack([flat(g) for g in grads])
