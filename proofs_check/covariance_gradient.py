@@ -4,18 +4,19 @@ Statement: with the score ``s_t = ∇_θ log π_θ(y_t | y_<t)``,
 ``∇_θ E[h] = Σ_t G_t`` where ``G_t = E_{y_<t}[Cov_{y_t}(H_t, s_t)]``. Three checks:
 
 * ``covariance_gradient_sum`` -- ``Σ_t G_t`` (``toysim.covariance_gradient``: a VJP of the level
-  logits with covariance weights) equals ``jax.grad`` of ``E[h] = Σ_y P(y) h(y)``, for every
+  logits with covariance weights) equals the derivative of ``E[h] = Σ_y P(y) h(y)``, for every
   parameterisation, and each ``G_t`` equals the brute-force covariance
   ``Σ_p P(p) Σ_v π (H(p·v) − E H)(s_v − E s)`` (per-sequence sums, explicit Jacobian scores).
 * ``covariance_gradient_positions`` (*ours*) -- each single ``G_t`` equals ``∂E[h]/∂θ_t`` where the
   parameters are untied by position (``T`` literal copies), evaluated at ``θ_1 = … = θ_T = θ``.
 * ``covariance_gradient_tabular`` (*ours*) -- for a tabular policy,
   ``∂E[h]/∂logit(p, v) = P(p) π(v|p) (H(p·v) − H(p))``, with ``P(p·v)`` and ``H`` computed in
-  numpy by summing per-sequence probabilities below each prefix, against ``jax.grad``.
+  numpy by summing per-sequence probabilities below each prefix, against the complex-step derivative.
 
-Every autodiff reference here is ``jax.grad`` of ``E[h]`` written one term per sequence
-(``proofs_check.reference.sequence_expected_harm``: each sequence picks its rows of
-``log_softmax(policy.logits(θ_t, t))``), not the library's ``autodiff_gradient`` or
+Every derivative reference here is a complex-step derivative (exact to float64 rounding) of
+``E[h]`` written one term per sequence in numpy
+(``proofs_check.reference.sequence_expected_harm``: each sequence multiplies its own rows of the
+softmax of the policy's per-prefix logits), not the library's ``autodiff_gradient`` or
 ``untied_copies_gradient``, which share the engine's level accumulation.
 
 Residual: the largest absolute difference over all parameters (and positions), divided by

@@ -5,9 +5,9 @@ Statement: with the conditional Fisher information ``F_t(y_<t) = E[s_t s_tᵀ | 
 ``‖G_t‖² ≤ I_t · E[tr F_t]``.
 
 Both sides are checked, each against its own brute-force reference (``proofs_check.reference``:
-``H`` from per-sequence sums, score vectors from an explicit ``jax.jacfwd`` Jacobian of
-``log_softmax(policy.logits(θ, t))``, never ``policy.fisher_trace`` or
-``generic_fisher_trace``), then the bound itself on both the engine's and the reference's values,
+``H`` from per-sequence sums, score vectors from an explicit Jacobian of ``log_softmax`` of each
+prefix's logits written from the policy's definition, by complex-step differentiation; never
+``policy.fisher_trace`` or ``generic_fisher_trace``), then the bound itself on both the engine's and the reference's values,
 then equality where it is tight:
 
 * ``fisher_bound_prefix`` -- per prefix: ``toysim.prefix_covariance_sq_norm`` against

@@ -5,8 +5,10 @@ Nothing here reads the engine's arrays (``toysim.forward``, ``harm_martingale``,
 each prefix come from the policy's definition written out in numpy (:func:`prefix_logits`, as in
 ``tests/reference.py``), the probability of each sequence is a product of softmaxes, every
 conditional expectation is a sum over the sequences that extend a prefix, and the score vectors
-are an explicit Jacobian (``jax.jacfwd`` of ``log_softmax(policy.logits(θ, t))`` with respect to
-the flattened parameters, one row per prefix and token). :func:`brute_force` returns every
+are an explicit Jacobian (complex-step derivatives of ``log_softmax`` of each prefix's logits with
+respect to the flattened parameters, one row per prefix and token), and the autodiff references of
+the gradient are complex-step derivatives of ``E[h]`` written one term per sequence. Nothing here
+is JAX-compiled, so the references add no compilation to ``toysim check``. :func:`brute_force` returns every
 quantity of THEORY.md sections 2-7 per prefix and per position.
 
 The only shared conventions are the instance's own: the lexicographic order of prefixes (first
@@ -21,7 +23,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from toysim import MarkovPolicy, MLPPolicy, TabularPolicy, harm_values
 
@@ -38,13 +39,13 @@ def prefix_logits(policy, params, prefix) -> np.ndarray:
     """Logits of one prefix (a tuple of tokens), straight from the policy's definition."""
     v, t = policy.vocab_size, len(prefix)
     if isinstance(policy, TabularPolicy):
-        return np.asarray(params[t][lex_index(prefix, v)], dtype=np.float64)
+        return np.asarray(params[t][lex_index(prefix, v)])
     if isinstance(policy, MarkovPolicy):
         context = 0
         for j in range(policy.order):  # j = 0 is the most recent token, BOS = V pads
             tok = prefix[t - 1 - j] if j < t else v
             context += tok * (v + 1) ** j
-        return np.asarray(params.logits[context], dtype=np.float64)
+        return np.asarray(params.logits[context])
     if isinstance(policy, MLPPolicy):
         feats = []
         for j in range(policy.window):
@@ -55,7 +56,7 @@ def prefix_logits(policy, params, prefix) -> np.ndarray:
         for tok in prefix:
             freq[tok] += 1.0 / t
         x = np.concatenate(feats + [freq])
-        w_in, b_in, w_out, b_out = (np.asarray(a, dtype=np.float64) for a in params)
+        w_in, b_in, w_out, b_out = (np.asarray(a) for a in params)
         return np.tanh(x @ w_in + b_in) @ w_out + b_out
     raise TypeError(f"no reference for policy {type(policy).__name__}")
 
@@ -66,6 +67,47 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """``z − log Σ exp z`` along the last axis; analytic, so it accepts complex ``z`` (complex step)."""
+    top = np.max(np.real(z), axis=-1, keepdims=True)
+    return z - top - np.log(np.sum(np.exp(z - top), axis=-1, keepdims=True))
+
+
+# Complex-step differentiation: for f analytic and real on real inputs,
+# f'(x) = Im f(x + i·h) / h + O(h²) with no subtraction, so the derivative is exact to float64
+# rounding for any tiny h (no step-size trade-off as with finite differences).
+COMPLEX_STEP = 1e-30
+
+
+def parameter_vector(params):
+    """``(θ, unflatten)``: the parameters as one float64 vector (``jax.flatten_util.ravel_pytree``
+    order: the leaves of ``jax.tree_util.tree_flatten``, each raveled) and a numpy inverse that
+    keeps the dtype (complex perturbations survive)."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    arrays = [np.asarray(x, dtype=np.float64) for x in leaves]
+    theta = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
+
+    def unflatten(vector):
+        out, start = [], 0
+        for a in arrays:
+            out.append(vector[start : start + a.size].reshape(a.shape))
+            start += a.size
+        return jax.tree_util.tree_unflatten(treedef, out)
+
+    return theta, unflatten
+
+
+def complex_step_jacobian(f, x: np.ndarray) -> np.ndarray:
+    """``∂f/∂x`` of a real-analytic ``f: R^n → R^m`` (numpy, complex-capable), shape ``(m…, n)``,
+    one complex evaluation per coordinate."""
+    cols = []
+    for k in range(x.shape[0]):
+        z = x.astype(np.complex128)
+        z[k] += 1j * COMPLEX_STEP
+        cols.append(np.imag(f(z)) / COMPLEX_STEP)
+    return np.stack(cols, axis=-1)
+
+
 def sequences(vocab_size: int, length: int) -> list[tuple[int, ...]]:
     """Every sequence of ``length`` tokens, in lexicographic order."""
     return list(itertools.product(range(vocab_size), repeat=length))
@@ -74,20 +116,23 @@ def sequences(vocab_size: int, length: int) -> list[tuple[int, ...]]:
 def scores(policy, params, t: int) -> np.ndarray:
     """Score vectors ``∇_θ log π(v | p)`` of every prefix ``p`` of length ``t``: ``(V**t, V, |θ|)``.
 
-    An explicit Jacobian (forward mode) of ``log_softmax`` of the level's logits with respect to
-    the flattened parameters (``jax.flatten_util.ravel_pytree`` order).
+    An explicit Jacobian, by complex-step differentiation of ``log_softmax`` of each prefix's
+    logits from the policy's definition (:func:`prefix_logits`), with respect to the flattened
+    parameters (:func:`parameter_vector`). No JAX autodiff, nothing compiled.
     """
-    flat, unravel = ravel_pytree(params)
+    theta, unflatten = parameter_vector(params)
+    prefixes = sequences(policy.vocab_size, t)
 
-    def log_probs(theta):
-        return jax.nn.log_softmax(policy.logits(unravel(theta), t), axis=-1)
+    def log_probs(vector):
+        p = unflatten(vector)
+        return np.stack([log_softmax(prefix_logits(policy, p, prefix)) for prefix in prefixes])
 
-    return np.asarray(jax.jacfwd(log_probs)(flat), dtype=np.float64)
+    return complex_step_jacobian(log_probs, theta)
 
 
 def flat(tree) -> np.ndarray:
-    """A pytree flattened in the order of :func:`scores` (``ravel_pytree``)."""
-    return np.asarray(ravel_pytree(tree)[0], dtype=np.float64)
+    """A pytree flattened in the order of :func:`scores` (:func:`parameter_vector`)."""
+    return parameter_vector(tree)[0]
 
 
 class Reference(NamedTuple):
@@ -172,7 +217,9 @@ def brute_force(policy, params, harm: Any, with_scores: bool = True) -> Referenc
     h = np.asarray(harm_values(harm, v, T), dtype=np.float64)
     cond = []
     for t in range(T):
-        cond.append(np.stack([softmax(prefix_logits(policy, params, p)) for p in sequences(v, t)]))
+        cond.append(
+            np.stack([softmax(prefix_logits(policy, params, p).astype(np.float64)) for p in sequences(v, t)])
+        )
     leaf = np.empty(v**T)
     for i, y in enumerate(sequences(v, T)):
         prob = 1.0
@@ -306,9 +353,9 @@ def markov_automaton(logits, transitions, final_harm, start: int, horizon: int, 
     v1, v = logits.shape
     n_states = trans.shape[0]
     pi = np.stack([softmax(row) for row in logits])  # (V+1, V)
-    # tr F per logit row from an explicit Jacobian of log_softmax with respect to the table
-    jac = np.asarray(jax.jacfwd(lambda z: jax.nn.log_softmax(z, axis=-1))(jnp.asarray(logits)))
-    trace_row = np.einsum("cv,cvk->c", pi, (jac**2).reshape(v1, v, -1))
+    # tr F per logit row from an explicit Jacobian (complex step) of log_softmax w.r.t. the table
+    jac = complex_step_jacobian(lambda x: log_softmax(x.reshape(v1, v)), logits.reshape(-1))
+    trace_row = np.einsum("cv,cvk->c", pi, jac**2)
     tokens = np.broadcast_to(np.arange(v)[None, :], trans.shape)
 
     def forward(step_law):
@@ -381,34 +428,48 @@ def markov_automaton(logits, transitions, final_harm, start: int, horizon: int, 
     }
 
 
-def sequence_expected_harm(policy, params_by_position, h) -> jnp.ndarray:
-    """``E[h] = Σ_y Π_t π_{θ_t}(y_t | y_<t) h(y)``, one term per sequence, differentiable in JAX.
+def sequence_expected_harm(policy, params_by_position, h) -> float | complex:
+    """``E[h] = Σ_y Π_t π_{θ_t}(y_t | y_<t) h(y)``, one term per sequence, in numpy.
 
     Position ``t`` reads ``params_by_position[t]`` (all equal for the tied objective): each
-    sequence picks its own row ``lex(y_<t)`` of ``log_softmax(policy.logits(θ_t, t))`` and its own
-    token, with no use of the engine's level accumulation (``toysim.forward``,
-    ``levels_from_log_cond``).
+    sequence multiplies its own rows of ``softmax(prefix_logits)``. Analytic in the parameters, so
+    complex parameters give the complex-step derivative.
     """
     v, T = policy.vocab_size, policy.horizon
     seqs = np.asarray(sequences(v, T), dtype=np.int64).reshape(-1, T)
-    log_p = 0.0
+    log_p = np.zeros(seqs.shape[0], dtype=np.complex128)
     for t in range(T):
         rows = np.zeros(seqs.shape[0], dtype=np.int64)
         for j in range(t):
             rows = rows * v + seqs[:, j]
-        log_cond = jax.nn.log_softmax(policy.logits(params_by_position[t], t), axis=-1)
-        log_p = log_p + log_cond[rows, seqs[:, t]]
-    return jnp.sum(jnp.exp(log_p) * jnp.asarray(h))
+        level = np.stack(
+            [log_softmax(prefix_logits(policy, params_by_position[t], p)) for p in sequences(v, t)]
+        )
+        log_p = log_p + level[rows, seqs[:, t]]
+    return np.sum(np.exp(log_p) * np.asarray(h, dtype=np.float64))
 
 
 def tied_gradient(policy, params, h) -> np.ndarray:
-    """``∇_θ E[h]`` of :func:`sequence_expected_harm` (flattened, :func:`flat` order)."""
-    grad = jax.grad(lambda p: sequence_expected_harm(policy, [p] * policy.horizon, h))(params)
-    return flat(grad)
+    """``∇_θ E[h]`` of :func:`sequence_expected_harm` by complex step (flattened, :func:`flat`
+    order)."""
+    theta, unflatten = parameter_vector(params)
+    return complex_step_jacobian(
+        lambda x: sequence_expected_harm(policy, [unflatten(x)] * policy.horizon, h), theta
+    )
 
 
 def untied_gradients(policy, params, h) -> np.ndarray:
-    """``∂E[h]/∂θ_t`` at ``θ_1 = … = θ_T = θ``, one literal parameter copy per position:
-    ``(T, |θ|)``."""
-    grads = jax.grad(lambda copies: sequence_expected_harm(policy, copies, h))([params] * policy.horizon)
-    return np.stack([flat(g) for g in grads])
+    """``∂E[h]/∂θ_t`` at ``θ_1 = … = θ_T = θ``: position ``t``'s own copy of the parameters moved
+    (complex step), the others fixed. Shape ``(T, |θ|)``."""
+    theta, unflatten = parameter_vector(params)
+    base = unflatten(theta)
+    out = []
+    for t in range(policy.horizon):
+
+        def at_t(x, t=t):
+            copies = [base] * policy.horizon
+            copies[t] = unflatten(x)
+            return sequence_expected_harm(policy, copies, h)
+
+        out.append(complex_step_jacobian(at_t, theta))
+    return np.stack(out)
