@@ -64,6 +64,10 @@ class Check:
       corruptions: negative controls, name -> ``quantities -> wrong quantities``.
       applies_to: the instance families, in words (shown in the report).
       examples: examples per run in the ``ci`` profile (``thorough`` multiplies it by 10).
+      exercised: ``quantities -> bool``, whether an input exercised the statement (for example,
+        for "``G_t = 0`` past the horizon ``k``", whether ``k < T``, so that some position lies
+        past it). ``None`` for a check that is never vacuous: every input counts. The runner counts
+        the exercising inputs and ``toysim check`` shows the count next to the inputs tried.
     """
 
     name: str
@@ -80,6 +84,7 @@ class Check:
     corruptions: dict[str, Callable[[Quantities], Quantities]]
     applies_to: str
     examples: int = 30
+    exercised: Callable[[Quantities], bool] | None = None
 
     def __post_init__(self):
         if self.kind not in ("theorem", "finding"):
@@ -89,4 +94,10 @@ class Check:
 
     def evaluate(self, instance: Any) -> float:
         """The residual of one input."""
-        return float(self.residual(self.compute(instance)))
+        return self.assess(instance)[0]
+
+    def assess(self, instance: Any) -> tuple[float, bool]:
+        """The residual of one input and whether the input exercised the statement."""
+        quantities = self.compute(instance)
+        used = True if self.exercised is None else bool(self.exercised(quantities))
+        return float(self.residual(quantities)), used

@@ -48,6 +48,8 @@ class CheckResult:
       counterexample: path of the written instance file, or ``None``.
       seconds: wall time of the check.
       failing_input: ``repr`` of the minimal failing input (truncated), for a failed check.
+      exercised: how many of the ``tried`` inputs exercised the statement
+        (:attr:`Check.exercised`; all of them for a check that is never vacuous).
     """
 
     check: Check | None
@@ -59,6 +61,7 @@ class CheckResult:
     counterexample: str | None
     seconds: float
     failing_input: str | None = None
+    exercised: int = 0
 
     @property
     def ok(self) -> bool:
@@ -80,6 +83,7 @@ class CheckResult:
             "status": self.status,
             "verdict": self.verdict,
             "instances_tried": self.tried,
+            "instances_exercised": self.exercised,
             "worst_residual": num(self.worst),
             "tolerance": num(chk.tolerance) if chk else None,
             "counterexample": self.counterexample,
@@ -246,7 +250,7 @@ def run_check(
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     n = examples if examples is not None else check.examples * PROFILES[profile]
     theorem = check.kind == "theorem"
-    state = {"tried": 0, "worst": -math.inf, "failing": None, "failing_residual": None}
+    state = {"tried": 0, "exercised": 0, "worst": -math.inf, "failing": None, "failing_residual": None}
     start = time.perf_counter()
 
     @settings(
@@ -262,8 +266,9 @@ def run_check(
     @given(check.instances())
     def search(value):
         state["failing"] = value  # the last input seen: the minimal one if an error is re-raised
-        r = check.evaluate(value)
+        r, used = check.assess(value)
         state["tried"] += 1
+        state["exercised"] += int(used)
         if math.isnan(r):
             state["worst"] = math.nan
         elif r > state["worst"]:  # False once the worst is nan: nan stays the worst
@@ -288,7 +293,16 @@ def run_check(
             text = repr(state["failing"])
             shown = text if len(text) <= 300 else text[:297] + "..."
         return CheckResult(
-            check, check.name, status, verdict, state["tried"], worst, counterexample, seconds, shown
+            check,
+            check.name,
+            status,
+            verdict,
+            state["tried"],
+            worst,
+            counterexample,
+            seconds,
+            shown,
+            state["exercised"],
         )
 
     if error is not None or (theorem and state["failing_residual"] is not None):

@@ -4,21 +4,28 @@ Statement: with the score ``s_t = ∇_θ log π_θ(y_t | y_<t)``,
 ``∇_θ E[h] = Σ_t G_t`` where ``G_t = E_{y_<t}[Cov_{y_t}(H_t, s_t)]``. Three checks:
 
 * ``covariance_gradient_sum`` -- ``Σ_t G_t`` (``toysim.covariance_gradient``: a VJP of the level
-  logits with covariance weights) equals ``jax.grad`` of ``E[h] = Σ_y P(y) h(y)``, for every
-  parameterisation.
+  logits with covariance weights) equals the derivative of ``E[h] = Σ_y P(y) h(y)``, for every
+  parameterisation, and each ``G_t`` equals the brute-force covariance
+  ``Σ_p P(p) Σ_v π (H(p·v) − E H)(s_v − E s)`` (per-sequence sums, explicit Jacobian scores).
 * ``covariance_gradient_positions`` (*ours*) -- each single ``G_t`` equals ``∂E[h]/∂θ_t`` where the
-  parameters are untied by position (``T`` literal copies, ``toysim.untied_copies_gradient``),
-  evaluated at ``θ_1 = … = θ_T = θ``.
+  parameters are untied by position (``T`` literal copies), evaluated at ``θ_1 = … = θ_T = θ``.
 * ``covariance_gradient_tabular`` (*ours*) -- for a tabular policy,
   ``∂E[h]/∂logit(p, v) = P(p) π(v|p) (H(p·v) − H(p))``, with ``P(p·v)`` and ``H`` computed in
-  numpy by summing the leaf probabilities below each prefix, against ``jax.grad``.
+  numpy by summing per-sequence probabilities below each prefix, against the complex-step derivative.
+
+Every derivative reference here is a complex-step derivative (exact to float64 rounding) of
+``E[h]`` written one term per sequence in numpy
+(``proofs_check.reference.sequence_expected_harm``: each sequence multiplies its own rows of the
+softmax of the policy's per-prefix logits), not the library's ``autodiff_gradient`` or
+``untied_copies_gradient``, which share the engine's level accumulation.
 
 Residual: the largest absolute difference over all parameters (and positions), divided by
 ``max(1, largest reference entry)`` so that it is relative for large gradients.
 
-Tolerance 1e-10: two float64 evaluations of the same derivative (reverse mode through
-``log_softmax`` and sums over ``V^T ≤ 27`` leaves), each off by O(10) roundings of 1.1e-16
-relative to the gradient's scale.
+Tolerance 1e-10: two float64 evaluations of the same derivative (the engine's reverse mode
+through ``log_softmax`` and sums over ``V^T ≤ 27`` leaves; the complex step, whose truncation
+error, the step squared times a third derivative, is ~1e-60 at step 1e-30), each off by O(10)
+roundings of 1.1e-16 relative to the gradient's scale.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import numpy as np
 
 import toysim
 
+from . import reference as ref
 from ._framework import Check
 from .strategies import instances
 
@@ -56,20 +64,33 @@ def _engine(inst):
 
 def compute_sum(inst):
     h, _, _, per_position = _engine(inst)
+    r = ref.brute_force(inst.policy, inst.params, inst.harm)
     return {
         "per_position": per_position,
-        "autodiff": _flat(toysim.autodiff_gradient(inst.policy, inst.params, h)),
+        "autodiff": ref.tied_gradient(inst.policy, inst.params, np.asarray(h)),
+        "covariance": r.gradient,
     }
 
 
 def residual_sum(q):
-    return _scaled_error(np.sum(q["per_position"], axis=0), q["autodiff"])
+    if q["per_position"].shape != q["covariance"].shape:
+        return float("inf")
+    return max(
+        _scaled_error(np.sum(q["per_position"], axis=0), q["autodiff"]),
+        _scaled_error(q["per_position"], q["covariance"]),
+    )
+
+
+def _exercised(q):
+    return bool(np.any(q["per_position"] != 0))
 
 
 def compute_positions(inst):
     h, _, _, per_position = _engine(inst)
-    untied = toysim.untied_copies_gradient(inst.policy, inst.params, h)
-    return {"per_position": per_position, "untied": np.stack([_flat(g) for g in untied])}
+    return {
+        "per_position": per_position,
+        "untied": ref.untied_gradients(inst.policy, inst.params, np.asarray(h)),
+    }
 
 
 def residual_positions(q):
@@ -91,14 +112,15 @@ def compute_tabular(inst):
     policy = inst.policy
     v, horizon = policy.vocab_size, policy.horizon
     h = np.asarray(toysim.harm_values(inst.harm, v, horizon), dtype=np.float64)
-    levels = toysim.forward(policy, inst.params)
-    mass, mean = _leaf_tree(np.asarray(jnp.exp(levels.log_prefix[-1])), h, v, horizon)
-    grad = toysim.autodiff_gradient(policy, inst.params, jnp.asarray(h))
+    leaf = ref.brute_force(policy, inst.params, inst.harm, with_scores=False).leaf
+    mass, mean = _leaf_tree(leaf, h, v, horizon)
+    grad = ref.tied_gradient(policy, inst.params, h)
+    sizes = np.cumsum([0] + [v ** (t + 1) for t in range(horizon)])
     return {
         "edge": [mass[t + 1].reshape(-1, v) for t in range(horizon)],  # P(p·v) = P(p) π(v|p)
         "H_child": [mean[t + 1].reshape(-1, v) for t in range(horizon)],
         "H_parent": [mean[t] for t in range(horizon)],
-        "autodiff": [np.asarray(g) for g in grad],
+        "autodiff": [grad[sizes[t] : sizes[t + 1]] for t in range(horizon)],
     }
 
 
@@ -148,7 +170,8 @@ def _conditional_instead_of_joint(q):
 
 ALL_POLICIES = "tabular, Markov (order 1, 2) and MLP policies; every harm family"
 GRADIENT_TOLERANCE = (
-    "two float64 reverse-mode evaluations of one derivative; O(10) roundings relative to its scale"
+    "reverse mode against a complex-step derivative of one float64 quantity; O(10) roundings "
+    "relative to its scale"
 )
 
 CHECKS = [
@@ -168,9 +191,11 @@ CHECKS = [
         corruptions={
             "last position's G_t dropped": _last_position_dropped,
             "first position's G_t doubled": _first_position_doubled,
+            "positions reversed": _positions_reversed,
         },
         applies_to=ALL_POLICIES,
         examples=20,
+        exercised=_exercised,
     ),
     Check(
         name="covariance_gradient_positions",
@@ -190,6 +215,7 @@ CHECKS = [
         },
         applies_to=ALL_POLICIES,
         examples=15,
+        exercised=_exercised,
     ),
     Check(
         name="covariance_gradient_tabular",
@@ -209,5 +235,6 @@ CHECKS = [
         },
         applies_to="tabular policies; every harm family",
         examples=15,
+        exercised=lambda q: any(bool(np.any(g != 0)) for g in q["autodiff"]),
     ),
 ]

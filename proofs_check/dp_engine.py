@@ -17,6 +17,21 @@ policy's at depths ``>= k`` (the tilt is ``π_0`` past the horizon); and the Gib
 attack success never exceeds the base policy's (it keeps ``π_0``'s law outside ``R`` and moves
 mass onto ``R``).
 
+Statement (*ours*, ``dp_past_chunk``): at ``T = 131`` (past the DP's chunk of 128 positions, and
+not a multiple of it, so the reductions run one full chunk and a partial one) every per-position
+quantity of :func:`toysim.dp_analyze` -- ``I_t``, ``‖G_t‖`` (covariance form and autodiff),
+the Fisher bound, ``P(τ = t)``, ``D_t`` -- and ``E[h]``, ``Var h``, ``k``, ``KL(π*‖π_0)`` and
+``Σ_t G_t`` equal an independent plain numpy forward/backward recursion over (last token,
+automaton state) (``proofs_check.reference.markov_automaton``: probability space, ``tr F`` from an
+explicit Jacobian, determination from the sets of reachable final harms, the tilt as a
+time-dependent chain), and ``Σ_t I_t = Var h``. A missing or extra position is a mismatch.
+Exercised: some ``I_t`` past position 128 is positive (the tail chunk carries information).
+
+``dp_long_horizon`` also compares ``E[h]``, ``Var h``, ``I_t``, ``‖G_t‖``, the Fisher bound,
+``P(τ = t)``, ``k``, ``D_t`` and ``KL(π*‖π_0)`` with the numpy recursion of ``dp_past_chunk``
+(the identities above run on the DP's own arrays; the recursion makes them speak about the right
+values). Exercised: ``k < T`` (positions past the horizon, where the exact zeros are tested).
+
 Residual: ``dp_matches_enumeration`` -- the largest absolute difference over every compared
 quantity. ``dp_long_horizon`` -- the largest violation among the identities (absolute
 differences), the exact zeros (values past ``k``), and the inequalities (positive parts).
@@ -38,11 +53,24 @@ import toysim
 from toysim import _recovery as rc
 from toysim._enumerate import levels_from_log_cond, log_cond_untied
 
+from . import reference as ref
+from . import tolerances as tol
 from ._framework import Check
 from .strategies import markov_automaton_instances
 
 AGREEMENT_HORIZON = 3
 LONG_HORIZON = 48
+CHUNK_HORIZON = 131  # one full chunk of 128 positions and a partial chunk of 3
+_CHUNK_FIELDS = (
+    "expected_harm",
+    "harm_variance",
+    "harm_information",
+    "gradient_norm_by_position",
+    "fisher_bound_by_position",
+    "horizon_distribution",
+    "equilibrium_kl_by_position",
+    "equilibrium_kl",
+)
 _REPORT_FIELDS = (
     "expected_harm",
     "harm_variance",
@@ -144,7 +172,18 @@ def _corrupt_dp(key, fn):
 
 def compute_long(case):
     exact, deep = _dp_side(case)
+    inst = case[0]
+    harm = inst.harm
+    r = ref.markov_automaton(
+        np.asarray(inst.params.logits),
+        harm.transitions,
+        harm.final_harm,
+        int(harm.start),
+        inst.policy.horizon,
+        float(inst.lam),
+    )
     return {
+        "reference": {f: np.asarray(r[f], dtype=np.float64) for f in (*_CHUNK_FIELDS, "uniform_horizon")},
         **{k: np.asarray(v, dtype=np.float64) for k, v in exact.items() if k != "engine"},
         "recovery_autodiff_max_abs_error": deep["recovery_autodiff_max_abs_error"],
         "recovery_closed_form": np.asarray(deep["gradient_norm_by_position"]["recovery_closed_form"]),
@@ -167,8 +206,58 @@ def residual_long(q):
         abs(float(np.sum(q["horizon_distribution"])) - 1.0),
         float(np.max(np.abs(attack["standard"][k:] - attack["base"][k:]), initial=0.0)),
         float(np.max(attack["gibbs"] - attack["base"], initial=0.0)),
+        ref.max_error([(q[f], v) for f, v in q["reference"].items()]),  # numpy recursion
     ]
     return max(errors)
+
+
+def compute_chunk(inst):
+    policy, params, harm = inst.policy, inst.params, inst.harm
+    a = toysim.dp_analyze(policy, params, harm, float(inst.lam))
+    logits = np.asarray(params.logits, dtype=np.float64)
+    r = ref.markov_automaton(
+        logits, harm.transitions, harm.final_harm, int(harm.start), policy.horizon, float(inst.lam)
+    )
+    dp = {f: np.asarray(getattr(a, f), dtype=np.float64) for f in _CHUNK_FIELDS}
+    dp["autodiff_gradient_norm_by_position"] = np.asarray(a.autodiff_gradient_norm_by_position)
+    dp["gradient"] = np.asarray(a.gradient)
+    reference = {f: np.asarray(r[f], dtype=np.float64) for f in _CHUNK_FIELDS}
+    reference["autodiff_gradient_norm_by_position"] = reference["gradient_norm_by_position"]  # [Thm 8]
+    reference["gradient"] = np.sum(r["gradient"], axis=0)
+    return {
+        "dp": dp,
+        "reference": reference,
+        "dp_horizon": int(a.uniform_horizon),
+        "ref_horizon": int(r["uniform_horizon"]),
+        "autodiff_error": float(a.gradient_autodiff_max_abs_error),
+    }
+
+
+def residual_chunk(q):
+    dp, reference = q["dp"], q["reference"]
+    agreement = ref.max_error([(dp[k], reference[k]) for k in reference])
+    identity = abs(float(np.sum(dp["harm_information"])) - float(dp["harm_variance"]))
+    return float(max(agreement, identity, q["autodiff_error"]) + abs(q["dp_horizon"] - q["ref_horizon"]))
+
+
+def exercised_chunk(q):
+    return bool(np.any(q["reference"]["harm_information"][128:] > 0))
+
+
+def _tail_chunk_dropped(q):
+    # the partial chunk after position 128 not reduced: per-position arrays stop at 128
+    dp = {k: (v[:128] if v.ndim == 1 and v.shape[0] > 128 else v) for k, v in q["dp"].items()}
+    return {**q, "dp": dp}
+
+
+def _tail_zeroed(q):
+    # the partial chunk reduced into zeros (allocated, never written)
+    dp = dict(q["dp"])
+    for key in ("harm_information", "gradient_norm_by_position", "equilibrium_kl_by_position"):
+        x = dp[key].copy()
+        x[128:] = 0.0
+        dp[key] = x
+    return {**q, "dp": dp}
 
 
 def _leak_past_horizon(q):
@@ -246,5 +335,27 @@ CHECKS = [
         },
         applies_to="first-order Markov policies (V = 3, T = 48) with automaton harms padded to 6 states",
         examples=15,
+        exercised=lambda q: int(q["uniform_horizon"]) < LONG_HORIZON,
+    ),
+    Check(
+        name="dp_past_chunk",
+        result="(ours)",
+        section="§2-7",
+        statement="At T = 131 (a full chunk of 128 positions and a partial one), every per-position "
+        "quantity of the DP equals a plain numpy forward/backward recursion, and Σ_t I_t = Var h.",
+        latex=r"\max_{t\le 131}|q_t^{\mathrm{DP}}-q_t^{\mathrm{numpy}}|=0",
+        kind="theorem",
+        tolerance=tol.DP_REFERENCE,
+        tolerance_reason=tol.DP_REFERENCE_REASON,
+        instances=lambda: markov_automaton_instances(CHUNK_HORIZON, vocab_sizes=(2,)),
+        compute=compute_chunk,
+        residual=residual_chunk,
+        corruptions={
+            "partial chunk past position 128 dropped": _tail_chunk_dropped,
+            "partial chunk reduced into zeros": _tail_zeroed,
+        },
+        applies_to="first-order Markov policies (V = 2, T = 131) with automaton harms padded to 6 states",
+        examples=4,
+        exercised=exercised_chunk,
     ),
 ]

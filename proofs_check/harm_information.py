@@ -5,11 +5,16 @@ conditional variance of the harm when ``y_t`` is revealed,
 ``I_t = E[Var(h | y_<t)] − E[Var(h | y_≤t)]``, and the informations add up to the variance of the
 harm, ``Σ_{t=1}^T I_t = Var(h)``.
 
-Residual: the largest of ``|I_t − (E[Var(h|y_<t)] − E[Var(h|y_≤t)])|`` over ``t`` and
-``|Σ_t I_t − Var(h)|``. ``I_t`` is the engine's (``toysim.harm_information``: innovations of the
-backward pass); the conditional variances are computed independently, in numpy from the leaf
-probabilities, as ``E[h² | p] − E[h | p]²`` summed over the sequences below each prefix ``p``;
-``Var(h)`` is ``toysim.harm_variance`` (straight from the leaves).
+Residual: the largest of ``|I_t − (E[Var(h|y_<t)] − E[Var(h|y_≤t)])|`` over ``t``,
+``|Σ_t I_t − Var(h)|``, ``|Var(h) − Var_ref(h)|`` and ``|I_t − I_t^ref|``. ``I_t`` is the engine's
+(``toysim.harm_information``: innovations of the backward pass) and ``Var(h)`` is
+``toysim.harm_variance``; the conditional variances are computed independently, in numpy, as
+``E[h² | p] − E[h | p]²`` summed over the sequences below each prefix ``p`` with per-sequence
+probabilities from the policy's definition (``proofs_check.reference``, not the engine's
+``log_prefix``); ``I_t^ref = Σ_p P(p) Var(H_t | p)`` and ``Var_ref(h)`` come from the same
+brute force.
+
+Exercised: ``Var h > 0``.
 
 Tolerance 1e-10: float64 identities on values in [0, 1] after O(T·V^T) roundings of 1.1e-16
 (``E[h²|p] − E[h|p]²`` cancels, but both terms are at most 1).
@@ -22,6 +27,7 @@ import numpy as np
 
 import toysim
 
+from . import reference as ref
 from ._framework import Check
 from .strategies import instances
 
@@ -44,12 +50,14 @@ def compute(inst):
     h = np.asarray(toysim.harm_values(inst.harm, v, horizon), dtype=np.float64)
     levels = toysim.forward(policy, inst.params)
     summary = toysim.martingale_summary(levels, jnp.asarray(h))
-    p_leaf = np.asarray(jnp.exp(levels.log_prefix[-1]))
+    r = ref.brute_force(policy, inst.params, inst.harm, with_scores=False)
     return {
         "information": np.asarray(summary.information),
-        "cond_var": conditional_variances(p_leaf, h, v, horizon),
+        "cond_var": conditional_variances(r.leaf, h, v, horizon),
         "variance": float(summary.variance),
-        "p_leaf": p_leaf,
+        "ref_information": r.information,
+        "ref_variance": r.variance,
+        "p_leaf": r.leaf,
         "h": h,
         "vocab_size": v,
     }
@@ -57,8 +65,16 @@ def compute(inst):
 
 def residual(q):
     info, cond_var = q["information"], q["cond_var"]
+    if info.shape != q["ref_information"].shape:
+        return float("inf")
     drop = cond_var[:-1] - cond_var[1:]
-    return float(max(np.max(np.abs(info - drop)), abs(float(np.sum(info)) - q["variance"])))
+    return float(
+        max(
+            np.max(np.abs(info - drop)),
+            abs(float(np.sum(info)) - q["variance"]),
+            ref.max_error([(info, q["ref_information"]), (q["variance"], q["ref_variance"])]),
+        )
+    )
 
 
 def _uniform_policy_information(q):
@@ -83,6 +99,10 @@ def _variance_after_instead_of_before(q):
     return {**q, "information": drop_next}
 
 
+def _variance_not_centred(q):
+    return {**q, "variance": float(np.sum(q["p_leaf"] * q["h"] ** 2))}
+
+
 CHECKS = [
     Check(
         name="harm_information",
@@ -101,8 +121,10 @@ CHECKS = [
             "I_t under the uniform policy": _uniform_policy_information,
             "last position's I_t dropped": _last_position_dropped,
             "I_t paired with the next position's variance drop": _variance_after_instead_of_before,
+            "Var(h) not centred (E[h²])": _variance_not_centred,
         },
         applies_to="tabular, Markov (order 1, 2) and MLP policies; every harm family",
         examples=25,
+        exercised=lambda q: q["ref_variance"] > 0,
     )
 ]

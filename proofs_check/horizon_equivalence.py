@@ -6,56 +6,72 @@ determined). Both directions are tested at every ``k``, so the smallest such ``k
 horizon ``toysim.uniform_horizon``, is also the last position with positive harm information
 (the horizon is minimal).
 
-Inputs: random instances whose harm is, half of the time, replaced by a table ``g(y_≤k)`` for a
-drawn ``k`` with values in ``{0, ½, 1}`` (so that the ``⟸`` side and coincidences that lower the
-horizon below ``k`` are exercised).
+The horizon quantities are also compared with brute force (``proofs_check.reference``): the
+per-sequence horizon ``τ(y)`` (``toysim.sequence_horizon``) with ``min{t : h(y_≤t, c) is the same
+for every continuation c}`` found by listing the continuations, the determined prefixes
+(``toysim.determined_masks``), ``k = max_y τ(y)``, ``P(τ = t)`` (``toysim.horizon_distribution``)
+with ``Σ_y P(y) 1[τ(y) = t]`` from per-sequence probabilities, and ``I_t`` with
+``Σ_p P(p) Var(H_t | p)`` from per-sequence sums.
+
+Inputs: :func:`proofs_check.strategies.early_horizon_instances`, whose harms are mostly decided
+before ``T`` (``k < T``), with some ``g(y_≤m)`` tables with ties and some full-length harms.
 
 Residual: the number of ``k`` at which the two sides disagree, plus ``|k_engine − k_info|`` where
-``k_info = max{t : I_t > 0}`` (0 if none).
+``k_info = max{t : I_t > 0}`` (0 if none), plus the number of sequences whose ``τ`` differs, of
+determined flags that differ and ``|k_engine − k_reference|``; plus the excess of the float
+comparisons (``P(τ = t)``, ``I_t``) over ``tolerances.REFERENCE``.
 
-Tolerance 0 (exact): both sides are exact booleans. Determination is decided by comparing harm
-values (data, no arithmetic), and the engine keeps constants exact (``_constant_rows``), so below a
-determined prefix every innovation, hence every ``I_t``, is exactly 0; before the horizon ``I_t`` is
-a sum containing a strictly positive term.
+Tolerance 0 (exact): the integers and booleans are exact (determination compares harm values,
+data, no arithmetic; the engine keeps constants exact, so below a determined prefix every
+innovation, hence every ``I_t``, is exactly 0; before the horizon ``I_t`` is a sum containing a
+strictly positive term); the float comparisons enter only by their excess over 1e-10
+(``tolerances.REFERENCE``: sums of ≤ 27 probabilities on both sides).
+
+Exercised: an input with ``k < T`` (some position lies past the horizon).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import strategies as st
 
 import toysim
 
+from . import reference as ref
+from . import tolerances as tol
 from ._framework import Check
-from .strategies import instances
+from .strategies import early_horizon_instances
 
-
-@st.composite
-def horizon_instances(draw, policy_kinds=None):
-    """Random instances; half of them with a harm ``g(y_≤k)`` of a drawn ``k``."""
-    inst = draw(instances() if policy_kinds is None else instances(policy_kinds=policy_kinds))
-    if draw(st.booleans()):
-        v, horizon = inst.policy.vocab_size, inst.policy.horizon
-        k = draw(st.integers(0, horizon))
-        rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
-        g = rng.integers(0, 3, size=v**k) / 2.0
-        inst = inst._replace(harm=toysim.table_harm(np.repeat(g, v ** (horizon - k)), v, horizon))
-    return inst
+horizon_instances = early_horizon_instances  # the inputs of every check about the horizon
 
 
 def compute(inst):
     policy = inst.policy
     v, horizon = policy.vocab_size, policy.horizon
-    h = jnp.asarray(toysim.harm_values(inst.harm, v, horizon))
+    h = ref.jnp_h(inst)
     levels = toysim.forward(policy, inst.params)
     info = np.asarray(toysim.harm_information(levels, toysim.harm_martingale(levels, h)))
     masks = toysim.determined_masks(h, v, horizon)
+    r = ref.brute_force(policy, inst.params, inst.harm, with_scores=False)
     return {
         "information": info,
         "determined": np.asarray([bool(jnp.all(m)) for m in masks]),  # level k all determined
         "horizon": int(toysim.uniform_horizon(masks)),
+        "masks": [np.asarray(m) for m in masks],
+        "tau": np.asarray(toysim.sequence_horizon(masks)),
+        "tau_distribution": np.asarray(toysim.horizon_distribution(levels, masks)),
+        "ref_masks": r.determined,
+        "ref_tau": r.tau,
+        "ref_horizon": r.horizon,
+        "ref_tau_distribution": r.tau_distribution,
+        "ref_information": r.information,
+        "T": horizon,
     }
+
+
+def _mismatches(a, b) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.sum(a != b)) if a.shape == b.shape else float("inf")
 
 
 def residual(q):
@@ -63,7 +79,18 @@ def residual(q):
     no_information_after = np.asarray([bool(np.all(info[k:] == 0.0)) for k in range(len(determined))])
     positive = np.nonzero(info > 0.0)[0]
     k_info = int(positive[-1]) + 1 if positive.size else 0
-    return float(np.sum(no_information_after != determined) + abs(q["horizon"] - k_info))
+    exact = float(np.sum(no_information_after != determined) + abs(q["horizon"] - k_info))
+    exact += _mismatches(q["tau"], q["ref_tau"]) + abs(q["horizon"] - q["ref_horizon"])
+    if len(q["masks"]) != len(q["ref_masks"]):
+        exact += float("inf")
+    else:
+        exact += sum(_mismatches(m, r) for m, r in zip(q["masks"], q["ref_masks"]))
+    floats = ref.max_error([(q["tau_distribution"], q["ref_tau_distribution"]), (info, q["ref_information"])])
+    return exact + max(0.0, floats - tol.REFERENCE)
+
+
+def exercised(q):
+    return q["ref_horizon"] < q["T"]
 
 
 def _information_one_position_early(q):
@@ -76,26 +103,40 @@ def _horizon_one_position_late(q):
     return {**q, "determined": determined, "horizon": q["horizon"] + 1}
 
 
+def _tau_one_less(q):
+    # τ(y) counting the undetermined prefixes from length 1 instead of 0
+    return {**q, "tau": np.maximum(q["tau"] - 1, 0)}
+
+
+def _tau_distribution_one_late(q):
+    # P(τ = t) reported at t + 1
+    return {**q, "tau_distribution": np.append(0.0, q["tau_distribution"][:-1])}
+
+
 CHECKS = [
     Check(
         name="horizon_equivalence",
         result="[Thm 9]",
         section="§5",
         statement="I_t = 0 for every t > k iff h is a function of y_≤k; the uniform horizon is the last "
-        "position with positive harm information.",
+        "position with positive harm information; τ(y), k and P(τ = t) equal their brute-force values.",
         latex=r"\big(\forall t>k:\ I_t=0\big)\iff h(y)=g(y_{\le k}),\qquad k^*=\max\{t: I_t>0\}",
         kind="theorem",
-        tolerance=0.0,
-        tolerance_reason="exact booleans: determination compares data, and the engine keeps constants "
-        "exact, so I_t is exactly 0 past the horizon",
+        tolerance=tol.EXACT,
+        tolerance_reason="exact booleans and integers: determination compares data, and the engine keeps "
+        "constants exact, so I_t is exactly 0 past the horizon; float comparisons count only beyond 1e-10",
         instances=lambda: horizon_instances(),
         compute=compute,
         residual=residual,
         corruptions={
             "I_t read one position early": _information_one_position_early,
             "horizon one position late": _horizon_one_position_late,
+            "τ(y) one less (off by one)": _tau_one_less,
+            "P(τ = t) one position late": _tau_distribution_one_late,
         },
-        applies_to="tabular, Markov (order 1, 2) and MLP policies; every harm family and g(y_≤k) tables",
+        applies_to="tabular, Markov (order 1, 2) and MLP policies; harms of every family over the first "
+        "m < T tokens, deadline harms, g(y_≤m) tables and full-length harms",
         examples=25,
+        exercised=exercised,
     )
 ]

@@ -7,7 +7,11 @@ Z_t(p·v)`` moves iff the children's ``Z`` differ, and for ``h ∈ {0, 1}``,
 
 Residual (theorem ``kl-variance-binary``): the largest of
 ``|Var(Z_t|p) − (1 − e^{−λ})² Var(H_t|p)|`` over prefixes and of the conditional KL at prefixes
-with ``Var(H_t|p) = 0`` exactly. Tolerance 1e-12: ``Z`` comes from a log-space backward pass and
+with ``Var(H_t|p) = 0`` exactly, and of the differences between the engine's ``Var(H_t|p)``,
+``Var(Z_t|p)`` and prefix KL and brute force (``proofs_check.reference``: ``H`` and ``Z`` summed
+over the sequences below each prefix with per-sequence probabilities, the KL of the tilt from
+sequence-level probabilities). Exercised: some prefix has ``Var(H_t|p) = 0`` (the "if" direction
+speaks about it). Tolerance 1e-12: ``Z`` comes from a log-space backward pass and
 ``exp``, ``H`` from a linear one; both are O(T) roundings of 1.1e-16 on values in [0, 1], squared
 differences are below 1e-15; the KL at a prefix with equal-``Z`` children is exactly 0 (constant
 rule of the engine) or O(1e-16) where equality is only up to rounding.
@@ -28,6 +32,7 @@ from hypothesis import strategies as st
 
 import toysim
 
+from . import reference as ref
 from ._framework import Check
 from .strategies import BINARY_HARM_KINDS, small_instances
 
@@ -60,6 +65,22 @@ def compute(inst):
         "var_z": cat(var_z),
         "prefix_kl": cat(kl),
         "var_h_uniform_policy": cat(var_h_uniform),
+        **_reference(inst),
+    }
+
+
+def _reference(inst):
+    """Brute-force ``Var(H_t|p)``, ``Var(Z_t|p)`` and the tilt's prefix KL, concatenated by level."""
+    v = inst.policy.vocab_size
+    r = ref.brute_force(inst.policy, inst.params, inst.harm, with_scores=False)
+    lam = float(inst.lam)
+    z = [ref.conditional_means(r.leaf, np.exp(-lam * r.h), v, t) for t in range(len(r.H))]
+    var_z = [np.sum(c * (z[t + 1].reshape(-1, v) - z[t][:, None]) ** 2, axis=1) for t, c in enumerate(r.cond)]
+    _, prefix_kl, _ = ref.tilt_kl(r.cond, r.leaf, r.h, lam, v)
+    return {
+        "ref_var_h": np.concatenate(r.var_prefix),
+        "ref_var_z": np.concatenate(var_z),
+        "ref_prefix_kl": np.concatenate(prefix_kl),
     }
 
 
@@ -68,7 +89,10 @@ def residual(q):
     identity = np.max(np.abs(q["var_z"] - shrink * q["var_h"]))
     flat = q["var_h"] == 0
     kl_at_flat = np.max(np.abs(q["prefix_kl"][flat]), initial=0.0)
-    return float(max(identity, kl_at_flat))
+    reference = ref.max_error(
+        [(q["var_h"], q["ref_var_h"]), (q["var_z"], q["ref_var_z"]), (q["prefix_kl"], q["ref_prefix_kl"])]
+    )
+    return float(max(identity, kl_at_flat, reference))
 
 
 def _nonconstant(inst):
@@ -112,6 +136,7 @@ CHECKS = [
         },
         applies_to="tabular, Markov (order 1, 2) and MLP policies (V=2, T=3); binary harms",
         examples=4,
+        exercised=lambda q: bool(np.any(q["var_h"] == 0)),
     ),
     Check(
         name="kl-variance-graded",

@@ -5,7 +5,13 @@ Statement: ``H_t = E[h | y_≤t]`` satisfies ``E[H_t | y_<t] = H_{t−1}``; the 
 ``E[Δ_s Δ_t] = 0`` for ``s ≠ t``.
 
 Residual: the largest of ``|E[H_t | y_<t] − H_{t−1}|`` over prefixes, ``|H_0 + Σ_t Δ_t − h|`` over
-sequences and ``|E[Δ_s Δ_t]|`` over pairs ``s ≠ t``.
+sequences and ``|E[Δ_s Δ_t]|`` over pairs ``s ≠ t``, and of the differences between the engine
+(``toysim.harm_martingale``, ``toysim.forward``) and brute force (``proofs_check.reference``):
+``H_t(p)`` summed over the sequences below ``p`` and ``π(v|p)`` from the policy's definition. The
+identities run on the engine's arrays; the reference makes them speak about the right ``H``.
+
+Exercised: ``Var h > 0`` (for a constant harm every innovation is 0 and the identities are
+trivial).
 
 Tolerance 1e-10: float64 identities on values in [0, 1] after O(T·V) roundings of 1.1e-16.
 """
@@ -17,6 +23,7 @@ import numpy as np
 
 import toysim
 
+from . import reference as ref
 from ._framework import Check
 from .strategies import instances
 
@@ -35,7 +42,13 @@ def compute(inst):
         "leaf_deltas": leaf_deltas,
         "p_leaf": np.asarray(jnp.exp(levels.log_prefix[-1])),
         "h": np.asarray(h),
+        **_reference(inst),
     }
+
+
+def _reference(inst):
+    r = ref.brute_force(inst.policy, inst.params, inst.harm, with_scores=False)
+    return {"ref_H": r.H, "ref_cond": r.cond, "ref_variance": r.variance}
 
 
 def residual(q):
@@ -48,7 +61,16 @@ def residual(q):
     for s in range(len(d)):
         for t in range(s + 1, len(d)):
             errs.append(abs(float(np.sum(q["p_leaf"] * d[s] * d[t]))))
+    errs.append(ref.max_error([(H, q["ref_H"]), (cond, q["ref_cond"])]))
     return float(max(errs))
+
+
+def _martingale_one_level_late(q):
+    # H_t reported for the prefix of length t − 1 (children averaged once too often)
+    H = [q["H"][0]] + [
+        np.repeat(q["H"][t - 1], len(q["H"][t]) // len(q["H"][t - 1])) for t in range(1, len(q["H"]))
+    ]
+    return {**q, "H": H}
 
 
 def _drop_last_innovation(q):
@@ -80,7 +102,9 @@ CHECKS = [
         corruptions={
             "innovation dropped": _drop_last_innovation,
             "martingale under the uniform policy": _wrong_policy_martingale,
+            "H_t one level late": _martingale_one_level_late,
         },
         applies_to="tabular, Markov (order 1, 2) and MLP policies; every harm family",
+        exercised=lambda q: q["ref_variance"] > 0,
     )
 ]

@@ -20,6 +20,7 @@ from toysim import (
     deadline_harm,
     first_decisive_harm,
     graded_harm,
+    harm_values,
     table_harm,
     trigger_harm,
 )
@@ -142,3 +143,45 @@ def small_instances(
     params = policy.init(jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=draw(st.sampled_from(scales)))
     harm = draw(harms(vocab_size, horizon, harm_kinds))
     return Instance(policy, params, harm, draw(st.sampled_from(lams)))
+
+
+@st.composite
+def early_horizon_instances(draw, policy_kinds=POLICY_KINDS, horizons=(2, 3)):
+    """Instances whose harm is decided before the end, so that statements about the positions past
+    the uniform horizon ``k`` have positions to speak about (``k < T`` in most draws).
+
+    ``T`` from ``horizons`` (``V ∈ {2, 3}``, the shapes of :func:`instances`). The harm is, by a
+    drawn integer ``0..19``:
+
+    * ``0..11`` -- a harm of a drawn family over the first ``m < T`` tokens, ignoring the rest
+      (``h(y) = f(y_≤m)``, a table): ``k ≤ m < T``;
+    * ``12..14`` -- a deadline harm with deadline ``< T`` (an automaton): ``k ≤ deadline < T``;
+    * ``15..16`` -- a table ``g(y_≤m)`` with values in ``{0, ½, 1}`` for a drawn ``m ∈ 0..T`` (ties
+      that lower the horizon below ``m``, and ``m = T``);
+    * ``17..19`` -- a harm of a drawn family over all ``T`` tokens (``k = T`` mostly): the
+      statements must also hold when nothing lies past the horizon.
+    """
+    vocab_size = draw(st.integers(2, 3))
+    horizon = draw(st.sampled_from(horizons))
+    policy = make_policy(draw(st.sampled_from(policy_kinds)), vocab_size, horizon)
+    scale = draw(st.sampled_from([0.3, 1.0, 3.0]))
+    params = policy.init(jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=scale)
+    lam = draw(st.sampled_from([0.1, 1.0, 4.0]))
+    mode = draw(st.integers(0, 19))
+    if mode <= 11:
+        m = draw(st.integers(1, horizon - 1))
+        head = harm_values(draw(harms(vocab_size, m)), vocab_size, m)
+        harm = table_harm(np.repeat(head, vocab_size ** (horizon - m)), vocab_size, horizon)
+    elif mode <= 14:
+        tokens = draw(
+            st.lists(st.integers(0, vocab_size - 1), min_size=1, max_size=vocab_size - 1, unique=True)
+        )
+        harm = deadline_harm(vocab_size, tokens, draw(st.integers(1, horizon - 1)))
+    elif mode <= 16:
+        m = draw(st.integers(0, horizon))
+        rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+        g = rng.integers(0, 3, size=vocab_size**m) / 2.0
+        harm = table_harm(np.repeat(g, vocab_size ** (horizon - m)), vocab_size, horizon)
+    else:
+        harm = draw(harms(vocab_size, horizon))
+    return Instance(policy, params, harm, lam)

@@ -13,6 +13,11 @@ its per-position KLs add up, ``Σ_t D_t = KL(π* ‖ π_0)``. Three checks:
   of ``π*`` (every prefix's logits moved by ``±s·ε``, ``ε`` Gaussian, ``s ∈ {1e-3, 1e-1, 1}``), for
   ``π_0`` itself and for the uniform policy; ``L`` evaluated exactly by enumeration.
 
+References: the base policy's sequence log-probabilities and conditional laws come from brute force
+(``proofs_check.reference``: the policy's definition per prefix, products per sequence), not the
+engine's ``forward``; ``tilt_kl_sum`` also compares every ``D_t`` and every per-prefix KL with the
+tilt computed from sequence-level probabilities summed below each prefix.
+
 Residual: the largest absolute difference (log-probabilities, KLs, ``L``), or for
 ``tilt_minimises`` also ``max(0, L(π*) − min L(candidates))``.
 
@@ -30,6 +35,7 @@ from hypothesis import strategies as st
 
 import toysim
 
+from . import reference as ref
 from ._framework import Check
 from .strategies import instances
 
@@ -59,11 +65,15 @@ def _setup(inst):
     return h, base, toysim.tilt(base, jnp.asarray(h), inst.lam)
 
 
+def _brute(inst):
+    return ref.brute_force(inst.policy, inst.params, inst.harm, with_scores=False)
+
+
 def compute_form(inst):
     h, base, eq = _setup(inst)
     return {
         "log_star": np.asarray(eq.levels.log_prefix[-1]),
-        "log_base": np.asarray(base.log_prefix[-1]),
+        "log_base": np.log(_brute(inst).leaf),
         "h": h,
         "lam": float(inst.lam),
     }
@@ -87,14 +97,18 @@ def _not_normalised(q):
 
 def compute_kl_sum(inst):
     h, base, eq = _setup(inst)
+    r = _brute(inst)
+    d, prefix_kl, _ = ref.tilt_kl(r.cond, r.leaf, r.h, float(inst.lam), inst.policy.vocab_size)
     return {
         "kl_by_position": np.asarray(eq.kl_by_position),
         "prefix_kl": [np.asarray(k) for k in eq.prefix_kl],
         "log_prefix_base": [np.asarray(x) for x in base.log_prefix],
         "log_star": np.asarray(eq.levels.log_prefix[-1]),
-        "log_base": np.asarray(base.log_prefix[-1]),
+        "log_base": np.log(r.leaf),
         "h": h,
         "lam": float(inst.lam),
+        "ref_kl_by_position": d,
+        "ref_prefix_kl": prefix_kl,
     }
 
 
@@ -103,7 +117,10 @@ def residual_kl_sum(q):
     kl_seq = float(np.sum(np.where(p_star > 0, p_star * (q["log_star"] - q["log_base"]), 0.0)))
     log_z0 = _logsumexp(q["log_base"] - q["lam"] * q["h"])
     closed = -q["lam"] * float(np.sum(p_star * q["h"])) - log_z0
-    return float(max(abs(float(np.sum(q["kl_by_position"])) - kl_seq), abs(kl_seq - closed)))
+    reference = ref.max_error(
+        [(q["kl_by_position"], q["ref_kl_by_position"]), (q["prefix_kl"], q["ref_prefix_kl"])]
+    )
+    return float(max(abs(float(np.sum(q["kl_by_position"])) - kl_seq), abs(kl_seq - closed), reference))
 
 
 def _weighted_by_base(q):
@@ -134,7 +151,7 @@ def compute_minimises(value):
     rng = np.random.default_rng(seed)
     return {
         "star": [np.asarray(lc) for lc in eq.levels.log_cond],
-        "base": [np.asarray(lc) for lc in base.log_cond],
+        "base": [np.log(c) for c in _brute(inst).cond],
         "directions": [rng.standard_normal(np.shape(lc)) for lc in eq.levels.log_cond],
         "h": h,
         "lam": float(inst.lam),
@@ -167,6 +184,10 @@ def _half_lambda(q):
     return {**q, "star": [np.asarray(lc) for lc in half.levels.log_cond]}
 
 
+def _harm_varies(q):
+    return bool(np.ptp(q["h"]) > 0)  # a constant harm leaves π_0 unchanged: nothing to tilt
+
+
 ALL = "tabular, Markov (order 1, 2) and MLP base policies; every harm family; λ ∈ {0.1, 1, 4}"
 LOG_TOLERANCE = "float64 identities on log-probabilities of size up to ~30 after O(T) additions"
 
@@ -186,6 +207,7 @@ CHECKS = [
         corruptions={"tilt with the wrong sign": _wrong_sign, "normaliser Z_0 omitted": _not_normalised},
         applies_to=ALL,
         examples=15,
+        exercised=_harm_varies,
     ),
     Check(
         name="tilt_kl_sum",
@@ -205,6 +227,7 @@ CHECKS = [
         },
         applies_to=ALL,
         examples=15,
+        exercised=_harm_varies,
     ),
     Check(
         name="tilt_minimises",
@@ -222,5 +245,6 @@ CHECKS = [
         corruptions={"tilt with the wrong sign": _wrong_sign_policy, "tilt at λ/2": _half_lambda},
         applies_to=ALL + "; perturbations in the tabular family (all policies)",
         examples=10,
+        exercised=_harm_varies,
     ),
 ]

@@ -7,7 +7,12 @@ there: ``π*(·|p) = π_0(·|p)`` and ``KL(π*(·|p) ‖ π_0(·|p)) = 0``. Henc
 
 Residual: the largest of ``D_t`` over ``t > k`` (``Equilibrium.kl_by_position``), of the prefix
 KL over determined prefixes (``Equilibrium.prefix_kl``) and of ``|log π*(v|p) − log π_0(v|p)|``
-over determined prefixes.
+over determined prefixes; plus the comparison with brute force (``proofs_check.reference``): ``k``
+and the determined prefixes from listed continuations (a differing integer or flag adds 1), and
+``D_t`` and every prefix KL from the sequence-level tilt ``π_0(y) e^{−λh(y)} / Z`` summed over the
+sequences below each prefix (their excess over 1e-10, ``tolerances.REFERENCE``, is added).
+
+Inputs: :func:`proofs_check.strategies.early_horizon_instances`. Exercised: ``k < T``.
 
 Tolerance 0 (exact): the engine's log-space backward pass copies constants
 (``toysim._enumerate._constant_rows``), so ``log Z`` of the children of a determined prefix equal its
@@ -21,6 +26,8 @@ import numpy as np
 
 import toysim
 
+from . import reference as ref
+from . import tolerances as tol
 from ._framework import Check
 from .horizon_equivalence import horizon_instances
 
@@ -41,6 +48,19 @@ def compute(inst):
         "log_prefix_star": [np.asarray(x) for x in eq.levels.log_prefix],
         "determined": [np.asarray(masks[t]) for t in range(horizon)],  # prefixes of length t-1
         "horizon": int(toysim.uniform_horizon(masks)),
+        **_reference(inst),
+    }
+
+
+def _reference(inst):
+    r = ref.brute_force(inst.policy, inst.params, inst.harm, with_scores=False)
+    d, prefix_kl, _ = ref.tilt_kl(r.cond, r.leaf, r.h, float(inst.lam), inst.policy.vocab_size)
+    return {
+        "ref_kl_by_position": d,
+        "ref_prefix_kl": prefix_kl,
+        "ref_determined": r.determined[: inst.policy.horizon],
+        "ref_horizon": r.horizon,
+        "T": inst.policy.horizon,
     }
 
 
@@ -49,7 +69,16 @@ def residual(q):
     for det, kl, star, base in zip(q["determined"], q["prefix_kl"], q["log_star"], q["log_base"]):
         worst = max(worst, float(np.max(np.abs(kl[det]), initial=0.0)))
         worst = max(worst, float(np.max(np.abs(star[det] - base[det]), initial=0.0)))
-    return worst
+    worst += abs(q["horizon"] - q["ref_horizon"])
+    worst += sum(float(np.sum(a != b)) for a, b in zip(q["determined"], q["ref_determined"]))
+    floats = ref.max_error(
+        [(q["kl_by_position"], q["ref_kl_by_position"]), (q["prefix_kl"], q["ref_prefix_kl"])]
+    )
+    return worst + max(0.0, floats - tol.REFERENCE)
+
+
+def exercised(q):
+    return q["ref_horizon"] < q["T"]
 
 
 def _not_divided_by_parent(q):
@@ -58,6 +87,10 @@ def _not_divided_by_parent(q):
     prefix_kl = [np.sum(np.exp(s) * (s - b), axis=-1) for s, b in zip(star, q["log_base"])]
     d = np.asarray([float(np.sum(np.exp(lp) * k)) for lp, k in zip(q["log_prefix_star"], prefix_kl)])
     return {**q, "log_star": star, "prefix_kl": prefix_kl, "kl_by_position": d}
+
+
+def _kl_one_position_late(q):
+    return {**q, "kl_by_position": np.append(0.0, q["kl_by_position"][:-1])}
 
 
 def _horizon_one_position_early(q):
@@ -81,9 +114,11 @@ CHECKS = [
         corruptions={
             "tilt not divided by Z_{t−1}": _not_divided_by_parent,
             "horizon one position early": _horizon_one_position_early,
+            "D_t one position late": _kl_one_position_late,
         },
         applies_to="tabular, Markov (order 1, 2) and MLP base policies; every harm family and g(y_≤k) "
         "tables; λ ∈ {0.1, 1, 4}",
         examples=20,
+        exercised=exercised,
     )
 ]

@@ -41,7 +41,9 @@ def _check(name, residual, kind="theorem", strategy=None):
     )
 
 
-HOLDS = _check("always_holds", lambda q: 0.0)
+HOLDS = dataclasses.replace(
+    _check("always_holds", lambda q: 0.0), exercised=lambda q: q["x"] % 2 == 0, examples=10
+)
 FINDING = _check("a_finding", lambda q: q["x"] / 100, kind="finding")
 FAILS = _check(
     "harm_is_zero",
@@ -69,6 +71,12 @@ def test_table_and_exit_code_zero_when_theorems_hold(fake_checks, capsys):
     finding = next(line for line in lines if line.startswith("a_finding"))
     assert "measured: " in finding and "holds" not in finding
     assert "1/1 theorem checks hold; 1 finding measured (not theorems)" in out
+    # the exercised column: inputs that exercised the statement out of those tried
+    assert lines[0].split()[4] == "exercised"
+    cells = row.split()
+    used, tried = (int(x) for x in cells[4].split("/"))
+    assert tried == int(cells[3]) == 10 and 0 <= used <= tried
+    assert finding.split()[4] == f"{finding.split()[3]}/{finding.split()[3]}"  # no predicate: all
     assert "[1/2] always_holds: holds" in err and "[2/2] a_finding: measured" in err
 
 
@@ -99,7 +107,8 @@ def test_failing_theorem_exit_one_and_replayable_file(fake_checks, tmp_path, cap
 def test_json_and_thorough_profile(fake_checks, capsys):
     assert main(["check", "--only", "always_holds", "--profile", "thorough", "--json"]) == 0
     (entry,) = json.loads(capsys.readouterr().out)["checks"]
-    assert entry["instances_tried"] == 50  # examples = 5, x10 in thorough
+    assert entry["instances_tried"] == 100  # examples = 10, x10 in thorough
+    assert 0 < entry["instances_exercised"] < 100  # even draws exercise it, odd ones do not
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import json
 import hypothesis
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 import toysim
 from proofs_check._framework import Check, instance_of
 from proofs_check._runner import discover, run_check, run_checks, tabular_instance, write_counterexample
-from proofs_check.strategies import instances, pad_automaton
+from proofs_check.strategies import instances, make_policy, pad_automaton
 from tests.tolerances import assert_close
 from toysim._cli import main
 
@@ -214,3 +215,164 @@ def test_unknown_names_and_profiles_are_rejected():
         run_checks(["harm_information"], profile="quick")
     with pytest.raises(ValueError, match="seed"):
         run_checks(["harm_information"], seed="1")
+
+
+# -- the core checks: realistic bugs, planted in the library, are caught by `toysim check` --------
+
+REALISTIC_CONTROLS = {
+    "fisher_bound_prefix": ["uncentred Fisher trace Σπ instead of 1 − Σπ²", "‖Cov‖² as the square of a sum"],
+    "fisher_bound_position": ["E[tr F_t] from the uncentred trace", "E[tr F] one position late"],
+    "horizon_equivalence": ["τ(y) one less (off by one)", "P(τ = t) one position late"],
+    "dp_past_chunk": ["partial chunk past position 128 dropped", "partial chunk reduced into zeros"],
+    "harm_information": ["Var(h) not centred (E[h²])"],
+}
+
+
+def test_realistic_bug_controls_are_declared():
+    """The negative controls modelling the reviewed bugs exist (each is then detected by
+    ``test_negative_control_is_detected``)."""
+    for name, labels in REALISTIC_CONTROLS.items():
+        missing = [label for label in labels if label not in BY_NAME[name].corruptions]
+        assert not missing, f"{name}: missing controls {missing}"
+
+
+def _first_input(check, condition=lambda x: True):
+    return hypothesis.find(check.instances(), condition, settings=FIND)
+
+
+def _uncentred_trace(self, params, t):
+    return jnp.sum(jax.nn.softmax(self.logits(params, t), axis=-1), axis=-1)
+
+
+def _square_of_sum(policy, params, levels, martingale, t):
+    delta = toysim.innovations(martingale)[t - 1]
+    return jnp.sum(jnp.exp(levels.log_cond[t - 1]) * delta, axis=-1) ** 2
+
+
+def _tau_off_by_one(masks):
+    n = masks[-1].shape[0]
+    return sum(jnp.repeat(~m, n // m.shape[0]).astype(jnp.int32) for m in masks[1:])
+
+
+@pytest.mark.parametrize(
+    ("check_name", "target", "attribute", "replacement", "kind"),
+    [
+        ("fisher_bound_prefix", toysim.TabularPolicy, "fisher_trace", _uncentred_trace, "tabular"),
+        ("fisher_bound_position", toysim.TabularPolicy, "fisher_trace", _uncentred_trace, "tabular"),
+        ("fisher_bound_prefix", toysim.MarkovPolicy, "fisher_trace", _uncentred_trace, "markov1"),
+        ("fisher_bound_prefix", toysim, "prefix_covariance_sq_norm", _square_of_sum, "markov2"),
+        ("horizon_equivalence", toysim, "sequence_horizon", _tau_off_by_one, None),
+    ],
+    ids=["tabular-trace", "tabular-trace-position", "markov-trace", "square-of-sum", "tau-off-by-one"],
+)
+def test_planted_library_bug_is_detected(check_name, target, attribute, replacement, kind, monkeypatch):
+    """A realistic bug in the library (not in the quantities) makes the check's residual exceed
+    its tolerance, while the same input passes with the library intact."""
+    check = BY_NAME[check_name]
+
+    def wanted(x):
+        ok = kind is None or type(x.policy).__name__.lower().startswith(kind.rstrip("12"))
+        ok = ok and (kind is None or not kind.startswith("markov") or x.policy.order == int(kind[-1]))
+        q = check.compute(x)
+        return ok and (check.exercised is None or check.exercised(q))
+
+    x = _first_input(check, wanted)
+    assert check.evaluate(x) <= check.tolerance
+    monkeypatch.setattr(target, attribute, replacement)
+    assert not check.evaluate(x) <= check.tolerance, f"{check_name} missed the planted {attribute} bug"
+
+
+def test_dropped_dp_tail_chunk_is_detected(monkeypatch):
+    """The DP's per-position reductions losing the partial chunk after position 128."""
+    check = BY_NAME["dp_past_chunk"]
+    x = _first_input(check)
+    assert check.evaluate(x) <= check.tolerance
+    real = toysim.dp_analyze
+
+    def truncated(*args, **kwargs):
+        a = real(*args, **kwargs)
+        cut = {f: getattr(a, f)[:128] for f in ("harm_information", "gradient_norm_by_position")}
+        return a._replace(**cut)
+
+    monkeypatch.setattr(toysim, "dp_analyze", truncated)
+    assert not check.evaluate(x) <= check.tolerance
+
+
+def test_fisher_bound_is_tight_exactly_for_two_token_lookup_policies():
+    """The equality used by ``fisher_bound_prefix``: for tabular and Markov policies with V = 2 the
+    per-prefix bound is attained (brute force, explicit Jacobian); with V = 3 it is strict
+    somewhere, so the equality is specific to V = 2 and worth checking."""
+    from proofs_check import reference as ref
+
+    for kinds, vocab_size in ((("tabular", "markov1", "markov2"), 2), (("tabular", "markov1"), 3)):
+        gaps = []
+        for seed in range(3):
+            for kind in kinds:
+                policy = make_policy(kind, vocab_size, 3)
+                params = policy.init(jax.random.key(seed))
+                r = ref.brute_force(policy, params, toysim.trigger_harm(vocab_size, [1]))
+                for c, v, f in zip(r.cov_sq, r.var_prefix, r.trace):
+                    assert np.all(c <= v * f + 1e-15)
+                    gaps.append(float(np.max(v * f - c)))
+        if vocab_size == 2:
+            assert max(gaps) <= 1e-15, max(gaps)
+        else:
+            assert max(gaps) > 1e-3, max(gaps)
+
+
+def test_reference_agrees_with_the_test_suite_reference():
+    """``proofs_check.reference`` (what ``toysim check`` uses) against ``tests/reference.py``."""
+    from proofs_check import reference as ref
+    from tests import reference as slow
+
+    for kind in ("tabular", "markov2", "mlp"):
+        policy = make_policy(kind, 2, 3)
+        params = policy.init(jax.random.key(7))
+        harm = toysim.deadline_harm(2, [1], 2)
+        table = np.asarray(toysim.harm_values(harm, 2, 3))
+        r = ref.brute_force(policy, params, harm)
+        H = slow.martingale(policy, params, table)
+        for t in range(4):
+            want = [H[p] for p in slow.sequences(2, t)]
+            assert_close(r.H[t], want, what=f"H_{t} ({kind})")
+        assert_close(r.information, slow.harm_information(policy, params, table), what="I_t")
+        tau = slow.horizon(policy, table)
+        assert list(r.tau) == [tau[y] for y in slow.sequences(2, 3)]
+        d, _, seq = ref.tilt_kl(r.cond, r.leaf, r.h, 1.0, 2)
+        d_slow, seq_slow = slow.tilt_kl_by_position(policy, params, table, 1.0)
+        assert_close(d, d_slow, what="D_t")
+        assert_close(seq, seq_slow, what="KL")
+        grad = ref.tied_gradient(policy, params, table)
+        assert_close(np.sum(r.gradient, axis=0), grad, what="Σ_t G_t vs per-sequence jax.grad")
+
+
+def test_horizon_instances_mostly_exercise_the_statement(tmp_path):
+    """The strategy of the horizon checks puts positions past the horizon (k < T) in most inputs;
+    the runner counts them."""
+    check = BY_NAME["zero_gradient"]
+
+    def cheap(inst):
+        h = np.asarray(toysim.harm_values(inst.harm, inst.policy.vocab_size, inst.policy.horizon))
+        masks = toysim.determined_masks(jnp.asarray(h), inst.policy.vocab_size, inst.policy.horizon)
+        return {"k": int(toysim.uniform_horizon(masks)), "T": inst.policy.horizon}
+
+    counted = dataclasses.replace(
+        check, compute=cheap, residual=lambda q: 0.0, exercised=lambda q: q["k"] < q["T"]
+    )
+    result = run_check(counted, seed=0, counterexample_dir=str(tmp_path), examples=60)
+    assert result.tried == 60 and result.exercised >= 0.7 * result.tried, result.exercised
+    assert result.to_dict()["instances_exercised"] == result.exercised
+
+
+def test_every_theorem_check_reports_exercised_inputs(tmp_path):
+    """A check without a predicate counts every input; one with a predicate may count fewer."""
+    result = run_check(
+        dataclasses.replace(
+            FALSE, compute=lambda x: {"mean": 0.0, "x": x}, exercised=lambda q: q["x"].policy.horizon > 1
+        ),
+        counterexample_dir=str(tmp_path),
+        examples=20,
+    )
+    assert result.status == "holds" and 0 < result.exercised < result.tried
+    plain = run_check(dataclasses.replace(FALSE, compute=lambda x: {"mean": 0.0}), examples=5)
+    assert plain.exercised == plain.tried == 5

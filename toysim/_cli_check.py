@@ -1,7 +1,9 @@
 """``toysim check`` and ``toysim reproduce``: run the theorem checks, regenerate the figures.
 
 ``toysim check`` runs every check of ``proofs_check`` (see ``proofs_check/_runner.py``) and prints
-a table: result, section, instances tried, worst residual, tolerance, verdict. Exit code 0 only if
+a table: result, section, instances tried, instances that exercised the statement (for example
+``k < T`` for a statement about positions past the horizon ``k``), worst residual, tolerance,
+verdict. Exit code 0 only if
 every theorem holds (findings are measurements and never fail); 1 otherwise; 2 on bad input.
 ``toysim reproduce`` runs the same checks, then ``figures.make_all(out_dir)``.
 """
@@ -22,7 +24,7 @@ def _fmt(x: float | None) -> str:
 
 def _table(results) -> str:
     """The report table, one row per check."""
-    header = ("result", "paper", "section", "tried", "worst residual", "tolerance", "verdict")
+    header = ("result", "paper", "section", "tried", "exercised", "worst residual", "tolerance", "verdict")
     rows = [header]
     for r in results:
         chk = r.check
@@ -32,6 +34,7 @@ def _table(results) -> str:
                 chk.result if chk else "-",
                 chk.section if chk else "-",
                 str(r.tried),
+                f"{r.exercised}/{r.tried}" if chk else "-",
                 _fmt(r.worst),
                 _fmt(chk.tolerance) if chk and chk.kind == "theorem" else "-",
                 r.verdict,
@@ -58,7 +61,7 @@ def _progress(i: int, n: int, result) -> None:
     where = f"  -> {result.counterexample}" if result.counterexample else ""
     print(
         f"[{i:>{len(str(n))}}/{n}] {result.name}: {result.verdict} "
-        f"({result.tried} instances, {result.seconds:.1f} s){where}",
+        f"({result.tried} instances, {result.exercised} exercising it, {result.seconds:.1f} s){where}",
         file=sys.stderr,
         flush=True,
     )

@@ -1,0 +1,37 @@
+"""Tolerances of the core checks, each with the reason for its size.
+
+* :data:`REFERENCE` -- an engine quantity against its brute-force reference
+  (``proofs_check.reference``: per-sequence sums, an explicit Jacobian). Both sides are float64
+  sums of at most ``V**T ≤ 27`` terms of order one (probabilities, harms in ``[0, 1]``, score
+  entries of size ``≤ 2 + |logit gradients|``), each rounded at 1.1e-16 relative; they differ by
+  O(100) roundings at most, ~1e-14. 1e-10 leaves four orders of magnitude and still fails on any
+  real error (a dropped term, a wrong centring, an off-by-one all change values by ≥ 1e-4 on the
+  drawn instances).
+* :data:`IDENTITY` -- an identity or an attained bound evaluated on the engine's own float64
+  arrays (``Σ_t I_t = Var h``, equality of the Fisher bound when ``V = 2``): same size and reason.
+* :data:`DP_REFERENCE` -- the automaton DP at ``T = 131`` against a plain numpy
+  forward/backward recursion over (last token, automaton state): both are recursions of 131 steps
+  on probabilities, each step a sum of ``≤ (V + 1) · S · V = 36`` terms of order one; the errors
+  add up to ~131 · 36 · 1.1e-16 ≈ 5e-13 in the worst case (measured: below 1e-14). 1e-10 keeps
+  the margin and still fails on a missing position (the values there are of order 1e-3 or more).
+* :data:`EXACT` -- an exact statement (a zero that the engine produces bit for bit, a horizon that
+  is an integer): tolerance 0.
+* :data:`BOUND_FLOOR` -- the floor of the denominator of a relative excess ``(lhs − rhs) / rhs``:
+  below it the excess is absolute (a bound whose right side is 1e-12 or less is compared
+  absolutely, so rounding of a vanishing ``rhs`` cannot fake a violation).
+"""
+
+REFERENCE = 1e-10
+IDENTITY = 1e-10
+DP_REFERENCE = 1e-10
+EXACT = 0.0
+BOUND_FLOOR = 1e-12
+
+REFERENCE_REASON = (
+    "engine against a brute-force reference: float64 sums of ≤ 27 terms of order one, O(100) "
+    "roundings (~1e-14)"
+)
+DP_REFERENCE_REASON = (
+    "DP against a numpy recursion over 131 positions: ≤ 131·36 roundings of terms of order one "
+    "(worst case ~5e-13, measured below 1e-14)"
+)
