@@ -83,6 +83,9 @@ class Verdict:
     def __str__(self) -> str:
         return ("correct: " if self.ok else "not yet: ") + self.message
 
+    def _repr_pretty_(self, printer, cycle) -> None:  # IPython / Jupyter display
+        printer.text(str(self))
+
 
 # --------------------------------------------------------------------------- labels
 
@@ -362,15 +365,21 @@ def check_fisher_tight(policy: Any, params: Any, harm: Any, t: int = 1, *, rtol:
     """
     import jax.numpy as jnp
 
-    from ._report import analyze
+    from ._enumerate import forward
+    from ._gradient import covariance_gradient, fisher_bound, tree_sq_norm
+    from ._martingale import martingale_summary
 
+    if policy is None:
+        return Verdict(False, "Fisher bound: no answer yet (replace the placeholder with your instance).")
     V, T = policy.vocab_size, policy.horizon
     if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= T:
         raise ValueError(f"t must be a position in 1..{T}, got {t!r}")
-    a = analyze(policy, params, jnp.asarray(_harm_array(harm, V, T)), 1.0)
-    g2 = np.asarray(a.gradient_norm_by_position) ** 2
-    bound = np.asarray(a.fisher_bound_by_position) ** 2
-    info = np.asarray(a.harm_information)
+    levels = forward(policy, params)
+    summary = martingale_summary(levels, jnp.asarray(_harm_array(harm, V, T)))
+    grads = covariance_gradient(policy, params, levels, summary.martingale)
+    g2 = np.array([float(tree_sq_norm(g)) for g in grads])
+    bound = np.asarray(fisher_bound(policy, params, levels, summary.information)) ** 2
+    info = np.asarray(summary.information)
     ratios = [g / b if b > 0 else float("nan") for g, b in zip(g2, bound)]
     shown = ", ".join(
         f"t={i + 1}: {r:.6f}" if math.isfinite(r) else f"t={i + 1}: (I_t = 0)" for i, r in enumerate(ratios)
