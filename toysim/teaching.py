@@ -431,7 +431,9 @@ def check_automaton(
         exact = _harm_array(target, vocab_size, horizon)
     as_dict = {_digits(i, vocab_size, horizon): float(x) for i, x in enumerate(mine)}
     want = {_digits(i, vocab_size, horizon): float(x) for i, x in enumerate(exact)}
-    return check(as_dict, want, name="your automaton's harm", key_label=lambda y: f"response y = {y}", **tol)
+    verdict = check(as_dict, want, name="your automaton's harm", key_label=lambda y: f"response y = {y}", **tol)
+    message = verdict.message.replace("you gave", "your automaton gives").replace("the exact value is", "the intended harm is")
+    return Verdict(verdict.ok, message.replace("matches the exact value", "matches the intended harm"))
 
 
 def check_theorem_check(check_obj: Any, *, examples: int = 10, seed: int = 0) -> Verdict:
