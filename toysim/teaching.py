@@ -41,11 +41,16 @@ import numpy as np
 # any hand value written with 7 significant digits, and rejects every mistake of substance.
 ATOL = 1e-6
 RTOL = 1e-6
+# Harm information below this counts as zero in the Fisher-bound exercise: I_t is a mean of squared
+# differences of values in [0, 1], so rounding leaves at most ~1e-30 where it is exactly zero, and a
+# genuine I_t of an exercise instance is many orders of magnitude above 1e-12.
+INFO_ZERO = 1e-12
 # How many wrong entries a message lists before summarising the rest.
 SHOWN = 3
 
 __all__ = [
     "ATOL",
+    "INFO_ZERO",
     "RTOL",
     "Verdict",
     "check",
@@ -380,14 +385,14 @@ def check_fisher_tight(policy: Any, params: Any, harm: Any, t: int = 1, *, rtol:
     g2 = np.array([float(tree_sq_norm(g)) for g in grads])
     bound = np.asarray(fisher_bound(policy, params, levels, summary.information)) ** 2
     info = np.asarray(summary.information)
-    ratios = [g / b if b > 0 else float("nan") for g, b in zip(g2, bound)]
+    ratios = [g / b if i > INFO_ZERO else float("nan") for g, b, i in zip(g2, bound, info)]
     shown = ", ".join(
         f"t={i + 1}: {r:.6f}" if math.isfinite(r) else f"t={i + 1}: (I_t = 0)" for i, r in enumerate(ratios)
     )
-    if info[t - 1] <= 1e-12:
+    if info[t - 1] <= INFO_ZERO:
         return Verdict(
             False,
-            f"I_{t} = {info[t - 1]:.3g}: both sides are 0, which is not the tight case asked for. Ratios: {shown}.",
+            f"I_{t} = 0 (up to rounding, {info[t - 1]:.1e}): both sides are 0, which is not the tight case asked for. Ratios: {shown}.",
         )
     r = ratios[t - 1]
     if abs(r - 1.0) <= rtol:
@@ -431,8 +436,12 @@ def check_automaton(
         exact = _harm_array(target, vocab_size, horizon)
     as_dict = {_digits(i, vocab_size, horizon): float(x) for i, x in enumerate(mine)}
     want = {_digits(i, vocab_size, horizon): float(x) for i, x in enumerate(exact)}
-    verdict = check(as_dict, want, name="your automaton's harm", key_label=lambda y: f"response y = {y}", **tol)
-    message = verdict.message.replace("you gave", "your automaton gives").replace("the exact value is", "the intended harm is")
+    verdict = check(
+        as_dict, want, name="your automaton's harm", key_label=lambda y: f"response y = {y}", **tol
+    )
+    message = verdict.message.replace("you gave", "your automaton gives").replace(
+        "the exact value is", "the intended harm is"
+    )
     return Verdict(verdict.ok, message.replace("matches the exact value", "matches the intended harm"))
 
 
@@ -630,7 +639,7 @@ def classroom_demo(
     ``widgets=False``, or ``TOYSIM_DEMO_STATIC=1`` as the documentation build sets) it draws and
     returns the static figure of the given setting.
     """
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: the figure is shown once, where it is returned
 
     if widgets is None:
         widgets = os.environ.get("TOYSIM_DEMO_STATIC", "0") != "1"
@@ -640,10 +649,12 @@ def classroom_demo(
             import ipywidgets as ipw
         except ImportError:
             ipw = None
+    fig = Figure(figsize=(13, 3.8))
     if ipw is None:
-        fig = plt.figure(figsize=(13, 3.8))
         _draw(fig, demo_curves(lam, deadline, mu, gamma), lam, deadline, mu, gamma)
         return fig
+
+    from IPython.display import display
 
     out = ipw.Output()
     sliders = {
@@ -652,18 +663,12 @@ def classroom_demo(
         "mu": ipw.FloatSlider(value=mu, min=0.1, max=8.0, step=0.1, description="μ"),
         "gamma": ipw.FloatSlider(value=gamma, min=0.05, max=0.99, step=0.01, description="γ"),
     }
-    with out:
-        fig = plt.figure(figsize=(13, 3.8))
-        plt.show()
 
     def redraw(_=None):
         values = {name: s.value for name, s in sliders.items()}
         _draw(fig, demo_curves(**values), **values)
-        fig.canvas.draw_idle()
         with out:
             out.clear_output(wait=True)
-            from IPython.display import display
-
             display(fig)
 
     for s in sliders.values():
