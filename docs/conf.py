@@ -16,7 +16,8 @@ sys.path.insert(0, ROOT)  # the checkout's toysim, proofs_check and figures, als
 # the executed notebooks run in a kernel of their own: make it import the same checkout
 os.environ["PYTHONPATH"] = ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
 os.environ.setdefault("TOYSIM_DEMO_STATIC", "1")  # the built demo page is static (no widget JS)
-os.environ.setdefault("MPLBACKEND", "Agg")
+# compiled JAX programs of the tutorials are kept between builds (a warm build is much faster)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, "docs", "_build", ".jax_cache"))
 
 project = "toysim"
 author = "the toysim authors"
@@ -58,7 +59,9 @@ html_theme_options = {
     "fixed_sidebar": True,
     "page_width": "1100px",
     "sidebar_width": "250px",
+    "show_powered_by": False,  # no links outside the site
 }
+html_show_sphinx = False
 html_show_sourcelink = False
 html_copy_source = False
 
