@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from html.parser import HTMLParser
-from urllib.parse import unquote, urldefrag
+from urllib.parse import unquote, urldefrag, urlsplit
 
 EXTERNAL = ("http:", "https:", "//", "ftp:")
 
@@ -68,7 +68,10 @@ def check_site(root: str) -> list[str]:
                 problems.append(f"{rel}: <{tag} {attr}> {kind} a resource outside the site: {value}")
                 continue
             target, fragment = urldefrag(value)
-            target_path = path if not target else os.path.normpath(os.path.join(os.path.dirname(path), unquote(target)))
+            target = urlsplit(target).path  # drop a cache-busting query (?v=...)
+            target_path = (
+                path if not target else os.path.normpath(os.path.join(os.path.dirname(path), unquote(target)))
+            )
             if os.path.isdir(target_path):
                 target_path = os.path.join(target_path, "index.html")
             if not os.path.exists(target_path):

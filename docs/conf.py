@@ -57,7 +57,7 @@ html_static_path = ["_static"]
 html_theme_options = {
     "description": "An exact simulator for the theory of shallow safety alignment",
     "fixed_sidebar": True,
-    "page_width": "1100px",
+    "page_width": "1240px",
     "sidebar_width": "250px",
     "show_powered_by": False,  # no links outside the site
 }

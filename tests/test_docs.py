@@ -142,7 +142,7 @@ def test_site_checker_accepts_a_good_site(tmp_path):
     root = _site(
         tmp_path,
         {
-            "index.html": '<a href="theory.html#s4">§4</a><a href="sub/page.html">p</a><script src="_static/mathjax/tex-chtml.js"></script>',
+            "index.html": '<a href="theory.html#s4">§4</a><a href="sub/page.html">p</a><script src="_static/mathjax/tex-chtml.js?v=1"></script>',
             "theory.html": '<section id="s4"><a href="#s4">here</a></section>',
             "sub/page.html": '<a href="../index.html">up</a><img src="../_static/mathjax/tex-chtml.js">',
         },

@@ -639,7 +639,7 @@ def classroom_demo(
     ``widgets=False``, or ``TOYSIM_DEMO_STATIC=1`` as the documentation build sets) it draws and
     returns the static figure of the given setting.
     """
-    from matplotlib.figure import Figure  # not pyplot: the figure is shown once, where it is returned
+    import matplotlib.pyplot as plt  # in Jupyter, importing pyplot installs the inline display of figures
 
     if widgets is None:
         widgets = os.environ.get("TOYSIM_DEMO_STATIC", "0") != "1"
@@ -649,7 +649,8 @@ def classroom_demo(
             import ipywidgets as ipw
         except ImportError:
             ipw = None
-    fig = Figure(figsize=(13, 3.8))
+    fig = plt.figure(figsize=(13, 3.8))
+    plt.close(fig)  # shown once, where it is returned (not again by pyplot at the end of the cell)
     if ipw is None:
         _draw(fig, demo_curves(lam, deadline, mu, gamma), lam, deadline, mu, gamma)
         return fig
