@@ -71,6 +71,13 @@ def test_check_none_is_not_answered_yet_and_nan_is_wrong():
     assert not v and "position 1" in v.message and "nan" in v.message
 
 
+def test_require_passes_right_answers_through_and_raises_on_wrong_ones():
+    ok = teaching.check(0.5, 0.5)
+    assert ok.require() is ok
+    with pytest.raises(AssertionError, match="off by -0.1"):
+        teaching.check(0.4, 0.5).require()
+
+
 def test_check_scalar():
     assert teaching.check(0.5, 0.5)
     v = teaching.check(0.4, 0.5, name="D_1")
@@ -111,6 +118,15 @@ def test_martingale_values_match_the_hand_computation():
     values = teaching.martingale_values(POLICY, PARAMS, HARM)
     assert set(values) == set(H_BY_HAND)
     for k, v in H_BY_HAND.items():
+        assert abs(values[k] - v) <= 1e-12, k
+
+
+def test_martingale_values_keys_are_tokens_first_token_first():
+    # asymmetric: only "01" is harmful. H(01) = 1, H(10) = 0; H(0) = P(1 | 0) = 1/4, H(1) = 0;
+    # H_0 = 1/2 · 1/4 = 1/8. A layout with the first token least significant swaps 01 and 10.
+    values = teaching.martingale_values(POLICY, PARAMS, toysim.table_harm([0.0, 1.0, 0.0, 0.0], 2, 2))
+    expected = {(): 1 / 8, (0,): 1 / 4, (1,): 0.0, (0, 0): 0.0, (0, 1): 1.0, (1, 0): 0.0, (1, 1): 0.0}
+    for k, v in expected.items():
         assert abs(values[k] - v) <= 1e-12, k
 
 
@@ -217,6 +233,14 @@ def test_check_automaton_right_and_wrong():
         for y in itertools.product(range(3), repeat=3)
     )
     assert f"{wrong_count} of 27" in v.message
+
+
+def test_check_automaton_reads_responses_first_token_first():
+    # "harmful iff the first token is 1": not symmetric under reversing the response
+    first_is_one = toysim.automaton_harm(0, [[1, 2], [1, 1], [2, 2]], [0.0, 0.0, 1.0], 2)
+    assert teaching.check_automaton(first_is_one, lambda y: float(y[0] == 1), 2, 3)
+    v = teaching.check_automaton(first_is_one, lambda y: float(y[-1] == 1), 2, 3)
+    assert not v and "response y = (0, 0, 1)" in v.message and "your automaton gives 0" in v.message
 
 
 def test_check_automaton_against_a_toysim_harm_and_bad_inputs():

@@ -88,6 +88,16 @@ class Verdict:
     def __str__(self) -> str:
         return ("correct: " if self.ok else "not yet: ") + self.message
 
+    def require(self) -> Verdict:
+        """Return the verdict if the answer is right, else raise ``AssertionError`` with its message.
+
+        The solution pages end each check with it, so a regression in toysim (or in a solution)
+        fails the documentation build instead of printing "not yet".
+        """
+        if not self.ok:
+            raise AssertionError(self.message)
+        return self
+
     def _repr_pretty_(self, printer, cycle) -> None:  # IPython / Jupyter display
         printer.text(str(self))
 
