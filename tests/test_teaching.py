@@ -340,3 +340,32 @@ def test_demo_widgets_redraw_on_a_slider_move():
     sliders = box.children[0].children
     assert [s.description for s in sliders] == ["λ", "deadline k", "μ", "γ"]
     sliders[1].value = 4  # moving the deadline redraws without error
+
+
+def test_cli_demo_prints_curves_and_writes_the_figure(tmp_path, capsys):
+    import json
+
+    from toysim._cli import main
+
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--lam", "0.5", "--deadline", "3", "--out", str(out)]) == 0
+    curves = json.loads(capsys.readouterr().out)
+    assert curves["gradient_norm"][3:] == [0.0, 0.0, 0.0]
+    assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["demo", "--deadline", "7"], "--deadline must be in 1..6"),
+        (["demo", "--lam", "-1"], "lam must be a number > 0"),
+        (["demo", "--gamma", "1.5"], "gamma"),
+        (["demo", "--out", "/nonexistent-folder/x.png"], "--out: folder"),
+    ],
+)
+def test_cli_demo_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
+    from toysim._cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
