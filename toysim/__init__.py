@@ -8,6 +8,7 @@ Quantities are exact (enumeration of the prefix tree), so enable float64 before 
 See THEORY.md for the mathematics and the README for the command line.
 """
 
+from . import teaching as teaching
 from ._dp import DPAnalysis as DPAnalysis
 from ._dp import automaton_arrays as automaton_arrays
 from ._dp import dp_analyze as dp_analyze
@@ -224,6 +225,7 @@ __all__ = [
     "spillover_by_position",
     "standard_optimum",
     "table_harm",
+    "teaching",
     "tilt",
     "train_alignment",
     "train_deep",
