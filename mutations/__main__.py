@@ -26,6 +26,9 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="ci", choices=["ci", "thorough"])
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per mutant")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folders")
+    parser.add_argument(
+        "--control", action="store_true", help="first run the checks on the unmutated copy (must all hold)"
+    )
     args = parser.parse_args(argv)
 
     by_name = {m.name: m for m in MUTANTS}
@@ -38,6 +41,8 @@ def main(argv=None) -> int:
         print(f"error: unknown mutant(s): {', '.join(unknown)} (see --list)", file=sys.stderr)
         return 2
     chosen = [by_name[n] for n in args.only] if args.only else list(MUTANTS)
+    if args.control:
+        chosen = [None] + chosen
     outcomes = []
     start = time.perf_counter()
     for i, mutant in enumerate(chosen, start=1):
@@ -52,14 +57,19 @@ def main(argv=None) -> int:
         outcomes.append(o)
         state = f"killed by {o.check}" if o.killed else "SURVIVED"
         print(
-            f"[{i}/{len(chosen)}] {mutant.name}: {state} ({o.seconds:.0f} s) {o.verdict or ''}",
+            f"[{i}/{len(chosen)}] {o.mutant.name}: {state} ({o.seconds:.0f} s) {o.verdict or ''}",
             file=sys.stderr,
             flush=True,
         )
     print(table(outcomes))
-    killed = sum(o.killed for o in outcomes)
-    print(f"{killed}/{len(outcomes)} mutants killed in {time.perf_counter() - start:.0f} s")
-    return 0 if killed == len(outcomes) else 1
+    control = [o for o in outcomes if o.mutant.name == "(control)"]
+    mutants = [o for o in outcomes if o.mutant.name != "(control)"]
+    killed = sum(o.killed for o in mutants)
+    print(f"{killed}/{len(mutants)} mutants killed in {time.perf_counter() - start:.0f} s")
+    if control and control[0].killed:
+        print(f"CONTROL FAILED: the unmutated copy fails {control[0].check}: {control[0].verdict}")
+        return 1
+    return 0 if killed == len(mutants) else 1
 
 
 if __name__ == "__main__":

@@ -19,12 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 COPIED = ("toysim", "proofs_check", "figures", "pyproject.toml", "README.md", "conftest.py")
 
 # Runs inside the scratch copy (PYTHONPATH = the copy): the runner of `toysim check`, check by check
-# in the given order, stopping at the first theorem that fails or check that errors.
+# in the given order, stopping at the first theorem that fails or check that errors. Set up as the
+# CLI sets it up (float64, compilation cache).
 DRIVER = r"""
 import json, sys, time
 args = json.loads(sys.argv[1])
 out = {"killed": False, "check": None, "verdict": None, "ran": 0}
 try:
+    import jax
+    jax.config.update("jax_enable_x64", True)  # as toysim._cli does for every command
     from toysim._cli_check import _enable_compilation_cache
     from proofs_check._runner import run_check, select
     _enable_compilation_cache()
@@ -48,6 +51,9 @@ except Exception as err:  # an error anywhere (import, compile) kills the mutant
     out.update(killed=True, check=out["check"] or "(error)", verdict=f"error: {err!r}"[:200])
 print("MUTANT-RESULT " + json.dumps(out), flush=True)
 """
+
+
+CONTROL = Mutant("(control)", "toysim/__init__.py", "", "", "the unmutated project: must survive")
 
 
 class Outcome(NamedTuple):
@@ -89,7 +95,7 @@ def apply_mutant(mutant: Mutant, root: Path) -> None:
 
 
 def run_mutant(
-    mutant: Mutant,
+    mutant: Mutant | None,
     *,
     checks: tuple[str, ...] = (),
     seed: int = 0,
@@ -99,16 +105,21 @@ def run_mutant(
 ) -> Outcome:
     """Plant ``mutant`` in a scratch copy and run the checks there (its ``checks`` first).
 
+    ``mutant=None`` is the control: the same run on the unmutated copy, which must survive.
+
     Args:
       checks: restrict to these checks (check or module names); all when empty.
       timeout: seconds before the run is stopped (counted as survived, verdict "timeout").
       keep: keep the scratch folder (its path is printed).
     """
     start = time.perf_counter()
+    if mutant is None:
+        mutant = CONTROL
     tmp = Path(tempfile.mkdtemp(prefix=f"toysim-mutant-{mutant.name}-"))
     try:
         scratch_copy(tmp)
-        apply_mutant(mutant, tmp)
+        if mutant is not CONTROL:
+            apply_mutant(mutant, tmp)
         first = [c for c in mutant.checks if not checks or c in checks]
         args = {
             "first": first,
@@ -156,7 +167,7 @@ def table(outcomes: list[Outcome]) -> str:
                 "killed" if o.killed else "SURVIVED",
                 o.check or "-",
                 f"{o.seconds:.0f}",
-                "" if o.killed else (o.mutant.expected or "?"),
+                "" if o.killed or o.mutant is CONTROL else (o.mutant.expected or "?"),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

@@ -82,3 +82,8 @@ def test_one_mutant_is_killed_end_to_end():
     assert outcome.killed, outcome.verdict
     assert outcome.check == "harm_information"
     assert outcome.checks_run == 1
+    assert outcome.verdict.startswith("FAILS"), outcome.verdict  # a failing theorem, not a setup error
+    # the control: the same run on the unmutated copy holds (float64 and the cache set up as the CLI)
+    control = run_mutant(None, checks=("harm_information",), timeout=900)
+    assert not control.killed, control.verdict
+    assert control.checks_run == 1
