@@ -31,7 +31,7 @@ try:
     from toysim._cli_check import _enable_compilation_cache
     from proofs_check._runner import run_check, select
     _enable_compilation_cache()
-    first = select(args["first"]) if args["first"] else []
+    first = [c for name in args["first"] for c in select([name])]  # in the catalog's order
     rest = select(args["checks"]) if args["checks"] else select(None)
     order, seen = [], set()
     for name, check in first + rest:
