@@ -8,7 +8,14 @@ separable, λ = 0) optimum: its smallest per-position recovery probability
 ``m_t = min_{p: Q(p)>0} π*(R | p)`` is ``≥ g(t)`` at every position ``t = 1..T``, so an attacker must
 prefill at least ``t_attack − 1`` tokens before the guarantee drops to ``δ``.
 
-Residual: the largest of ``|g(t_attack) − δ|``, ``max(0, δ − g(t))`` on a grid of ``t < t_attack``,
+Independent reference (:mod:`proofs_check.recovery_reference`): ``p_min`` from ``policy.logits``
+alone, the guarantee ``σ(logit p_min + μγ^{t−1})`` written out again, the real root of
+``guarantee(t) = δ`` by bisection and the first integer position where the guarantee is ``≤ δ`` by
+trying ``t = 1, 2, …``; the library's ``t_attack`` must match the root (to 1e-9 relative: bisection
+to rounding of a closed form whose conditioning is ``|g'(t)|⁻¹``, measured ~1e-13) and satisfy
+``first position = max(1, ⌈t_attack⌉)``; the library's ``p_min`` and guarantee must match theirs.
+
+Residual: the largest of those reference differences and of ``|g(t_attack) − δ|``, ``max(0, δ − g(t))`` on a grid of ``t < t_attack``,
 ``max(0, g(t) − δ)`` on a grid of ``t > t_attack`` and ``max(0, g(t) − m_t)`` for ``t = 1..T``,
 over three values of ``δ`` spread over ``(p_min, 1)``.
 
@@ -21,15 +28,28 @@ Tolerance 1e-12: ``g`` is a closed form (rounding ~1e-16); beyond the certificat
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from toysim import _recovery as rc
 
+from . import recovery_reference as ref
 from ._framework import Check
-from .gibbs_form import APPLIES_TO, TOLERANCE, certificate, deep_cases, optimum, recovery_probs, solved
+from .gibbs_form import (
+    APPLIES_TO,
+    TOLERANCE,
+    certificate,
+    deep_cases,
+    optimum,
+    reference,
+    reference_recovery,
+    solved,
+)
 
 DELTA_FRACTIONS = (0.3, 0.6, 0.9)
 GRID = np.linspace(0.01, 3.0, 30)  # offsets from t_attack
+ROOT_TOLERANCE = 1e-9  # relative: bisection root against the closed form (measured ~1e-13)
 
 
 def cases():
@@ -38,31 +58,44 @@ def cases():
 
 def compute(case):
     s = solved(case)
+    r = reference(case)
     spec = s.spec
     p_min = rc.min_recovery_probability(s.base, spec.mask)
-    trained = recovery_probs(optimum(case, "separable", lam_zero=True), spec)
+    ref_p_min = ref.min_recovery(r.logits, case.recovery)
+    trained = reference_recovery(optimum(case, "separable", lam_zero=True), case.recovery)
     eps = certificate(case, lam_zero=True)  # |π_trained − π*| ≤ ε_p (gibbs_form.py)
-    m = np.array([np.min((r + e)[w]) for r, e, w in zip(trained, eps, s.support)])
-    deltas = [p_min + f * (1.0 - p_min) for f in DELTA_FRACTIONS]
+    m = np.array([np.min((x + e)[w]) if w.any() else np.inf for x, e, w in zip(trained, eps, r.support)])
+    deltas = [ref_p_min + f * (1.0 - ref_p_min) for f in DELTA_FRACTIONS]
+    positions = np.arange(1, spec.horizon + 1)
     return {
         "p_min": p_min,
-        "mu": spec.mu,
-        "gamma": spec.gamma,
+        "ref_p_min": ref_p_min,
+        "mu": case.mu,
+        "gamma": case.gamma,
         "deltas": deltas,
         "t_attack": [rc.attack_length(d, p_min, spec.mu, spec.gamma) for d in deltas],
+        "ref_root": [ref.attack_root(ref_p_min, case.mu, case.gamma, d) for d in deltas],
+        "ref_first": [ref.first_attack_position(ref_p_min, case.mu, case.gamma, d) for d in deltas],
+        "guarantee": np.asarray(rc.guaranteed_recovery(p_min, spec.mu, spec.gamma, positions)),
+        "ref_guarantee": np.asarray(ref.guarantee(ref_p_min, case.mu, case.gamma, positions)),
         "min_recovery": m,
     }
 
 
 def residual(q):
     g = lambda t: rc.guaranteed_recovery(q["p_min"], q["mu"], q["gamma"], t)  # noqa: E731
-    errs = []
+    errs = [abs(q["p_min"] - q["ref_p_min"]), float(np.max(np.abs(q["guarantee"] - q["ref_guarantee"])))]
+    for ta, root, first in zip(q["t_attack"], q["ref_root"], q["ref_first"]):
+        errs.append(max(0.0, abs(ta - root) / max(1.0, abs(root)) - ROOT_TOLERANCE))
+        # the first integer position at or past t_attack is the first where the guarantee is ≤ δ
+        # (t_attack within rounding of an integer: either neighbour)
+        near = {max(1, math.ceil(ta - 1e-9)), max(1, math.ceil(ta + 1e-9))}
+        errs.append(0.0 if first in near else 1.0)
     for delta, ta in zip(q["deltas"], q["t_attack"]):
         errs.append(abs(float(g(ta)) - delta))
         errs.append(float(np.max(np.maximum(0.0, delta - g(ta - GRID)))))
         errs.append(float(np.max(np.maximum(0.0, g(ta + GRID) - delta))))
-    positions = np.arange(1, len(q["min_recovery"]) + 1)
-    errs.append(float(np.max(np.maximum(0.0, g(positions) - q["min_recovery"]))))
+    errs.append(float(np.max(np.maximum(0.0, q["ref_guarantee"] - q["min_recovery"]))))
     return max(errs)
 
 
@@ -90,7 +123,18 @@ CHECKS = [
         instances=cases,
         compute=compute,
         residual=residual,
-        corruptions={"missing the leading 1": _no_one, "log γ instead of log(1/γ)": _log_gamma},
+        corruptions={
+            "missing the leading 1": _no_one,
+            "log γ instead of log(1/γ)": _log_gamma,
+            "discount off by one (μγ^t in the guarantee)": lambda q: {
+                **q,
+                "guarantee": np.asarray(
+                    rc.guaranteed_recovery(
+                        q["p_min"], q["mu"], q["gamma"], np.arange(2, len(q["guarantee"]) + 2)
+                    )
+                ),
+            },
+        },
         applies_to="separable tabular objective, λ = 0, γ < 1; " + APPLIES_TO,
         examples=8,
     )

@@ -10,6 +10,12 @@ Residual: ``|mean of N draws − exact term| / ε`` with ``N = 100 000`` draws (
 from the drawn seed) and ``ε`` from Bernstein's inequality with the *exact* variance ``σ²`` of
 one draw and its range ``b = Tμ``: ``P(|X̄ − E X| ≥ ε) ≤ 2 exp(−N ε² / (2σ² + 2bε/3)) = α``.
 
+The exact term is the library's ``recovery_penalty``; it is also compared with the per-sequence
+brute force of :mod:`proofs_check.recovery_reference` (``μ Σ_y Q(y) Σ_t γ^{t−1}(1 − π(R|y_<t))``
+with ``Q(y) = π_0(y) h(y) / E_0[h]``): the residual takes ``|exact − reference| / 1e-10`` as well
+(an identity in float64 on values of order one, measured ~1e-16), so a wrong penalty fails the
+check even when the samples follow it.
+
 Tolerance 1: the check fails wrongly with probability at most ``α = 1e-6`` per example.
 """
 
@@ -25,12 +31,14 @@ from hypothesis import strategies as st
 import toysim
 from toysim import _recovery as rc
 
+from . import recovery_reference as ref
 from ._framework import Check
 from .recovery_gradient import recovery_cases
 
 NUM_SAMPLES = 100_000
 SHAPES = (("tabular", 2, 3), ("markov1", 3, 2))
 FALSE_FAILURE = 1e-6
+IDENTITY = 1e-10  # library penalty against the brute-force reference (float64 rounding ~1e-16)
 
 
 @st.composite
@@ -53,8 +61,12 @@ def compute(case):
     levels = toysim.forward(inst.policy, inst.params)
     spec = rc.recovery_spec(V, recovery, rc.harmful_prefix_marginals(levels, h), mu=mu, gamma=gamma)
     samples = np.asarray(rc.augmentation_samples(jax.random.key(seed), levels, spec, NUM_SAMPLES))
+    log_p0 = ref.sequence_log_probs(inst.policy, inst.params)
+    leaf_q = ref.harmful_leaf(log_p0, np.asarray(h))
+    reference = ref.penalty(inst.policy, [inst.params] * T, leaf_q, recovery, mu, gamma)
     return {
         "samples": samples,
+        "reference": float(reference),
         "exact": float(rc.recovery_penalty(levels, spec)),
         "radius": bernstein_radius(
             rc.augmentation_variance(levels, spec), T * mu, NUM_SAMPLES, FALSE_FAILURE
@@ -64,7 +76,10 @@ def compute(case):
 
 
 def residual(q):
-    return abs(float(np.mean(q["samples"])) - q["exact"]) / q["radius"]
+    return max(
+        abs(float(np.mean(q["samples"])) - q["exact"]) / q["radius"],
+        abs(q["exact"] - q["reference"]) / IDENTITY,
+    )
 
 
 CHECKS = [
@@ -83,6 +98,11 @@ CHECKS = [
         residual=residual,
         corruptions={
             "position weight T forgotten": lambda q: {**q, "samples": q["samples"] / q["horizon"]},
+            "penalty and samples off by the same factor (a bug shared by both)": lambda q: {
+                **q,
+                "exact": q["exact"] * 0.5,
+                "samples": q["samples"] * 0.5,
+            },
         },
         applies_to="tabular (V = 2, T = 3) and Markov order-1 (V = 3, T = 2) policies; binary harms, E_0[h] > 0",
         examples=5,

@@ -20,6 +20,13 @@ for the optimum found by L-BFGS (``toysim.train_deep``) started at ``π_0`` and 
 step with ``‖∇L‖₂ ≤ GRAD_TOL = 1e-14`` (or after ``STEPS``), where ``ε_p`` is an exact a-posteriori
 bound computed from the optimiser's final gradient (below).
 
+The trained optima's ``π(R|p)`` are read by the reference (:mod:`proofs_check.recovery_reference`,
+from their rows alone), and compared with the reference Gibbs form (from ``policy.logits`` of
+``π_0``); ``Q``, its support and the determined prefixes are the brute-force ones. The residual
+also takes the library's own ``π(R|p)`` of the optima, Gibbs form, ``Q`` marginals and discounts
+minus their references (identities, float64 rounding ~1e-16). Inputs draw their harm from
+:mod:`proofs_check.recovery_cases` (``k < T`` in most inputs, so "past the horizon" is not empty).
+
 Certificate ``ε_p``. At a prefix ``p`` the separable objective is ``Q(p) f_p(π(·|p))`` plus terms
 not involving ``p``'s logits ``z`` (for ``λ > 0`` at a determined prefix, the harm term's
 derivative vanishes), and ``∂/∂z_v = Q(p) π_v (u_v − Σ_w π_w u_w)`` with
@@ -73,14 +80,17 @@ from hypothesis import strategies as st
 import toysim
 from toysim import _recovery as rc
 
+from . import recovery_reference as ref
 from ._framework import Check
-from .strategies import BINARY_HARM_KINDS, harms
+from .recovery_cases import shallow_harms
 
 # L-BFGS step budget; runs stop earlier, at the first step with ‖∇L‖₂ ≤ GRAD_TOL (typically < 150).
 STEPS = 400
 GRAD_TOL = 1e-14
 # Rounding in σ, the probabilities and the gradient behind the certificate (each ~1e-15).
 TOLERANCE = 1e-12
+# Library against brute-force reference (same quantity, different arithmetic): float64 rounding of
+# sums of at most 27 terms of order one, measured ~1e-16; 1e-12 leaves room and is 1e-12 as well.
 # Shapes (V, T): every one costs an L-BFGS compilation per objective.
 SEPARABLE_SHAPES = ((2, 3), (3, 2))
 JOINT_SHAPES = ((2, 3),)
@@ -131,7 +141,7 @@ def deep_cases(draw, shapes=SEPARABLE_SHAPES, gamma_below_one: bool = False):
     params = policy.init(
         jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=draw(st.sampled_from([0.3, 1.0, 3.0]))
     )
-    harm = draw(harms(v, T, BINARY_HARM_KINDS))
+    harm = draw(shallow_harms(v, T))
     q = draw(st.sampled_from(["harmful", "jailbroken"]))
     # Q = π_0 | harm has no mass when h = 0 everywhere (softmax π_0 has full support)
     assume(q == "jailbroken" or bool(np.any(toysim.harm_values(harm, v, T) > 0)))
@@ -224,20 +234,99 @@ def recovery_probs(levels, spec):
     return [np.exp(np.asarray(x)) for x in inside]
 
 
+class Reference(NamedTuple):
+    """The brute-force side of an input (:mod:`proofs_check.recovery_reference`): ``π_0``'s logits
+    per level, ``Q`` per response and its prefix marginals, the discounts, the Gibbs form, the
+    determined prefixes (lengths ``0..T−1``) and ``k``, all from ``policy.logits`` and ``h``."""
+
+    logits: list
+    log_p0: np.ndarray
+    leaf_q: np.ndarray
+    q: list
+    discounts: np.ndarray
+    gibbs: list
+    determined: list
+    horizon: int
+
+    @property
+    def support(self) -> list[np.ndarray]:
+        return [x > 0 for x in self.q]
+
+
+_REFERENCES: dict = {}
+
+
+def reference(case: DeepCase) -> Reference:
+    """The brute-force side of an input, cached."""
+    key = case.key()
+    if key not in _REFERENCES:
+        inst = case.instance
+        policy = inst.policy
+        V, T = policy.vocab_size, policy.horizon
+        h = np.asarray(toysim.harm_values(inst.harm, V, T), dtype=np.float64)
+        logits = [np.asarray(z) for z in ref.level_logits(policy, [inst.params] * T)]
+        log_p0 = np.asarray(ref.sequence_log_probs_from_logits(logits, V))
+        if case.q == "harmful":
+            leaf = ref.harmful_leaf(log_p0, h)
+        else:
+            leaf = np.exp(np.asarray(ref.sequence_log_probs(policy, _jailbroken(policy, case.q_seed))))
+        _REFERENCES[key] = Reference(
+            logits,
+            log_p0,
+            leaf,
+            ref.prefix_marginals(leaf, V, T),
+            ref.discounts(case.mu, case.gamma, T),
+            ref.gibbs_recovery(logits, case.recovery, case.mu, case.gamma),
+            ref.determined(h, V, T)[:-1],
+            ref.uniform_horizon(h, V, T),
+        )
+    return _REFERENCES[key]
+
+
+def reference_recovery(levels, recovery) -> list:
+    """``π(R | p)`` of a trained (tabular) optimum by the reference, from its rows alone."""
+    return ref.recovery_by_level([np.asarray(x) for x in levels.log_cond], recovery)
+
+
+def _identity_gap(a, b) -> float:
+    return float(
+        max((np.max(np.abs(np.asarray(x) - np.asarray(y)), initial=0.0) for x, y in zip(a, b)), default=0.0)
+    )
+
+
 def compute(case):
     s = solved(case)
-    support = s.support
+    r = reference(case)
+    free = optimum(case, "separable", lam_zero=True)
+    separable = optimum(case, "separable")
+    logit_base = [np.asarray(z) for z in rc.logit_recovery(s.base, s.spec.mask)]
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    shift = np.arange(len(logit_base))
     return {
-        "free": recovery_probs(optimum(case, "separable", lam_zero=True), s.spec),
-        "separable": recovery_probs(optimum(case, "separable"), s.spec),
+        # the library
+        "free": recovery_probs(free, s.spec),
+        "separable": recovery_probs(separable, s.spec),
+        "gibbs": [np.asarray(g) for g in rc.gibbs_recovery(s.base, s.spec)],
+        "q": [np.asarray(x) for x in s.spec.q_prefix],
+        "discounts": np.asarray(s.spec.discounts),
         "free_certificate": certificate(case, lam_zero=True),
         "separable_certificate": certificate(case, lam_zero=False),
-        "gibbs": [np.asarray(g) for g in rc.gibbs_recovery(s.base, s.spec)],
-        "free_where": support,
-        "past_horizon_where": [m & np.asarray(d) for m, d in zip(support, s.determined)],
+        # the reference: Gibbs form, Q, discounts, the optima's recovery from their rows
+        "ref_free": reference_recovery(free, case.recovery),
+        "ref_separable": reference_recovery(separable, case.recovery),
+        "ref_gibbs": r.gibbs,
+        "ref_q": r.q,
+        "ref_discounts": r.discounts,
+        "free_where": r.support,
+        "past_horizon_where": [m & d for m, d in zip(r.support, r.determined)],
+        # for the negative controls
         "base": recovery_probs(s.base, s.spec),
-        "logit_base": [np.asarray(z) for z in rc.logit_recovery(s.base, s.spec.mask)],
+        "logit_base": logit_base,
         "mu": s.spec.mu,
+        "gamma": s.spec.gamma,
+        "gibbs_no_mu": [sig(z + s.spec.gamma**t) for t, z in zip(shift, logit_base)],
+        "gibbs_shifted": [sig(z + s.spec.mu * s.spec.gamma ** (t + 1)) for t, z in zip(shift, logit_base)],
+        "q_unconditioned": [np.asarray(x) for x in rc.policy_prefix_marginals(s.base)],
     }
 
 
@@ -254,8 +343,15 @@ def _gap(trained, gibbs, where, allowance=None):
 
 def residual(q):
     return max(
-        _gap(q["free"], q["gibbs"], q["free_where"], q["free_certificate"]),
-        _gap(q["separable"], q["gibbs"], q["past_horizon_where"], q["separable_certificate"]),
+        # the optima (read by the reference) against the reference Gibbs form, within the certificate
+        _gap(q["ref_free"], q["ref_gibbs"], q["free_where"], q["free_certificate"]),
+        _gap(q["ref_separable"], q["ref_gibbs"], q["past_horizon_where"], q["separable_certificate"]),
+        # the library's own quantities against their references (identities)
+        _identity_gap(q["free"], q["ref_free"]),
+        _identity_gap(q["separable"], q["ref_separable"]),
+        _identity_gap(q["gibbs"], q["ref_gibbs"]),
+        _identity_gap(q["q"], q["ref_q"]),
+        float(np.max(np.abs(q["discounts"] - q["ref_discounts"]))),
     )
 
 
@@ -266,7 +362,7 @@ def _undiscounted(q):
 
 
 def _untrained(q):
-    return {**q, "free": q["base"], "separable": q["base"]}
+    return {**q, "free": q["base"], "separable": q["base"], "ref_free": q["base"], "ref_separable": q["base"]}
 
 
 def joint_cases():
@@ -274,11 +370,11 @@ def joint_cases():
 
 
 def compute_joint(case):
-    s = solved(case)
+    r = reference(case)
     return {
-        "joint": recovery_probs(optimum(case, "joint"), s.spec),
-        "gibbs": [np.asarray(g) for g in rc.gibbs_recovery(s.base, s.spec)],
-        "where": s.support,
+        "joint": reference_recovery(optimum(case, "joint"), case.recovery),
+        "gibbs": r.gibbs,
+        "where": r.support,
     }
 
 
@@ -304,7 +400,13 @@ CHECKS = [
         instances=deep_cases,
         compute=compute,
         residual=residual,
-        corruptions={"discount dropped (μ at every position)": _undiscounted, "untrained π_0": _untrained},
+        corruptions={
+            "discount dropped (μ at every position)": _undiscounted,
+            "untrained π_0": _untrained,
+            "Gibbs form with a missing μ (σ(logit + γ^{t−1}))": lambda q: {**q, "gibbs": q["gibbs_no_mu"]},
+            "discount off by one (μγ^t)": lambda q: {**q, "gibbs": q["gibbs_shifted"]},
+            "unconditioned harmful Q (π_0 marginals)": lambda q: {**q, "q": q["q_unconditioned"]},
+        },
         applies_to=APPLIES_TO,
         examples=8,
     ),

@@ -303,3 +303,198 @@ def test_cli_jailbroken_shape_mismatch(tmp_path, capsys):
     )
     code, _, err = _cli(tmp_path, capsys, "--recovery", "0", "--q", f"jailbroken:{other}")
     assert code == 2 and "jailbroken" in err
+
+
+# --------------------------------------------------------------------------- the checks' reference
+# and their realistic negative controls (proofs_check/recovery_reference.py)
+
+from proofs_check import attack_length as attack_check  # noqa: E402
+from proofs_check import gibbs_form, prefill_attack, robustness_bound  # noqa: E402
+from proofs_check import recovery_reference as ref_mod  # noqa: E402
+from proofs_check.recovery_cases import shallow_harms  # noqa: E402
+
+
+def test_reference_matches_the_test_brute_force():
+    """The checks' reference against the tests' plain-numpy brute force (tests/reference.py): two
+    independent per-sequence implementations of π(y), Q's marginals and the attack curve."""
+    policy = toysim.TabularPolicy(2, 3)
+    params = policy.init(jax.random.key(3), scale=1.0)
+    h = np.asarray(toysim.harm_values(toysim.deadline_harm(2, [1], 2), 2, 3))
+    probs = reference.sequence_probs(policy, params)
+    log_p = np.asarray(ref_mod.sequence_log_probs(policy, params))
+    assert_close(np.exp(log_p), [probs[y] for y in ref_mod.sequences(2, 3)], what="π(y)")
+    leaf = ref_mod.harmful_leaf(log_p, h)
+    h_of = {y: h[reference.lex_index(y, 2)] for y in probs}
+    for t, (got, want) in enumerate(
+        zip(ref_mod.prefix_marginals(leaf, 2, 3), _brute_marginals(probs, h_of, 2, 3))
+    ):
+        assert_close(got, want, what=f"Q_{t}")
+    curve = ref_mod.attack_curve(log_p, leaf, [0], 2, 3)
+    for k in range(3):
+        want = [_brute_no_recovery(probs, p, [0]) for p in reference.sequences(2, k)]
+        assert_close(curve[k], np.dot(ref_mod.prefix_marginals(leaf, 2, 3)[k], want), what=f"A({k})")
+    assert ref_mod.uniform_horizon(h, 2, 3) == 2
+    assert ref_mod.discounts(2.0, 0.5, 3).tolist() == [2.0, 1.0, 0.5]
+
+
+@given(st.floats(0.01, 0.9), st.floats(0.1, 5.0), st.floats(0.1, 0.99), st.floats(0.01, 0.99))
+def test_reference_attack_search_matches_the_closed_form(p_min, mu, gamma, frac):
+    delta = p_min + frac * (1.0 - p_min)
+    root = ref_mod.attack_root(p_min, mu, gamma, delta)
+    assert abs(root - rc.attack_length(delta, p_min, mu, gamma)) <= 1e-9 * max(1.0, abs(root))
+    first = ref_mod.first_attack_position(p_min, mu, gamma, delta)
+    assert ref_mod.guarantee(p_min, mu, gamma, first) <= delta
+    assert first == 1 or ref_mod.guarantee(p_min, mu, gamma, first - 1) > delta
+
+
+@settings(max_examples=1)
+@given(st.lists(recovery_gradient.recovery_cases(), min_size=30, max_size=30))
+def test_recovery_inputs_have_positions_past_the_horizon(cases):
+    """Not vacuous: most drawn inputs have k < T (positions past the horizon exist)."""
+    shallow = 0
+    for inst, *_ in cases:
+        v, T = inst.policy.vocab_size, inst.policy.horizon
+        shallow += ref_mod.uniform_horizon(toysim.harm_values(inst.harm, v, T), v, T) < T
+    assert shallow >= 0.5 * len(cases), f"only {shallow}/{len(cases)} inputs with k < T"
+
+
+@settings(max_examples=20)
+@given(st.data())
+def test_shallow_harms_have_a_short_horizon_when_drawn_from_a_shallow_family(data):
+    v, T = data.draw(st.sampled_from([(2, 3), (3, 3)]))
+    harm = data.draw(shallow_harms(v, T))
+    h = toysim.harm_values(harm, v, T)
+    assert set(np.unique(h)) <= {0.0, 1.0}  # binary, as the recovery checks need
+
+
+def _detected(check, q, label):
+    assert check.residual(q) <= check.tolerance, f"{check.name} must hold on this input"
+    assert label in check.corruptions, f"{check.name} has no control {label!r}"
+    wrong = check.residual(check.corruptions[label](q))
+    assert not wrong <= check.tolerance, f"{check.name}: control {label!r} not detected ({wrong})"
+
+
+# One fixed input per family, chosen so that every realistic bug changes the numbers: γ < 1 (a
+# discount off by one is visible), a harm with k < T and E_0[h] < 1 (conditioning on harm changes Q).
+GRADIENT_CASE = (
+    toysim.Instance(
+        toysim.TabularPolicy(2, 3),
+        toysim.TabularPolicy(2, 3).init(jax.random.key(11), scale=1.0),
+        toysim.deadline_harm(2, [1], 2),
+        1.0,
+    ),
+    [0],
+    2.0,
+    0.5,
+)
+
+
+def _deep_case(q="harmful"):
+    policy = toysim.TabularPolicy(2, 3)
+    inst = toysim.Instance(
+        policy, policy.init(jax.random.key(5), scale=1.0), toysim.deadline_harm(2, [1], 2), 1.0
+    )
+    return gibbs_form.DeepCase(inst, (0,), 1.5, 0.6, q, 7)
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "discount off by one (γ^t instead of γ^{t−1})",
+        "unconditioned harmful Q (π_0 marginals)",
+        "recovery probability of the complement set",
+        "closed form with the wrong sign",
+        "penalty dropped at the last position",
+    ],
+)
+def test_recovery_gradient_detects_realistic_bugs(label):
+    check = recovery_gradient.CHECKS[0]
+    _detected(check, _cached(check, GRADIENT_CASE), label)
+
+
+def test_recovery_gradient_dp_side_detects_a_wrong_dp_curve():
+    """The DP engine's quantities enter the residual: a Markov case with an automaton harm."""
+    policy = toysim.MarkovPolicy(3, 3, order=1)
+    inst = toysim.Instance(
+        policy, policy.init(jax.random.key(2), scale=1.0), toysim.deadline_harm(3, [2], 1), 1.0
+    )
+    check = recovery_gradient.CHECKS[0]
+    q = check.compute((inst, [0], 2.0, 0.5))
+    assert q["dp"] is not None
+    assert check.residual(q) <= check.tolerance
+    got, want = q["dp"]["attack_base"]
+    shifted = {**q, "dp": {**q["dp"], "attack_base": (prefill_attack._shifted(got), want)}}
+    assert not check.residual(shifted) <= check.tolerance, "prefill depth off by one in the DP curve"
+
+
+_COMPUTED: dict = {}
+
+
+def _cached(check, case, key=None):
+    key = (check.name, key if key is not None else id(case))
+    if key not in _COMPUTED:
+        _COMPUTED[key] = check.compute(case)
+    return _COMPUTED[key]
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "Gibbs form with a missing μ (σ(logit + γ^{t−1}))",
+        "discount off by one (μγ^t)",
+        "unconditioned harmful Q (π_0 marginals)",
+        "discount dropped (μ at every position)",
+        "untrained π_0",
+    ],
+)
+def test_gibbs_form_detects_realistic_bugs(label):
+    check = gibbs_form.CHECKS[0]
+    _detected(check, _cached(check, _deep_case(), "harmful"), label)
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "discount off by one (μγ^T in the bound)",
+        "recovery probability of the complement set",
+        "untrained π_0 in place of π*",
+        "penalty with the wrong sign",
+    ],
+)
+def test_robustness_bound_detects_realistic_bugs(label):
+    check = robustness_bound.CHECKS[0]
+    _detected(check, _cached(check, _deep_case(), "harmful"), label)
+
+
+def test_robustness_bound_is_tight_on_this_input():
+    """The inequality's other side: here p_min is attained at a last-level prefix, and the Gibbs
+    form (and the trained optimum, within its certificate) meets the bound there."""
+    q = _cached(robustness_bound.CHECKS[0], _deep_case(), "harmful")
+    assert q["tight"]
+    t, row = q["tight_at"]
+    assert abs(float(q["gibbs_ref"][t][row]) - q["ref_bound"]) <= 1e-12
+    assert abs(q["bound"] - q["ref_bound"]) <= 1e-12
+
+
+@pytest.mark.parametrize(
+    "label",
+    ["discount off by one (μγ^t in the guarantee)", "missing the leading 1", "log γ instead of log(1/γ)"],
+)
+def test_attack_length_detects_realistic_bugs(label):
+    check = attack_check.CHECKS[0]
+    _detected(check, _cached(check, _deep_case(), "harmful"), label)
+
+
+@pytest.mark.parametrize(
+    ("check_index", "label"),
+    [
+        (0, "prefill depth off by one (depth k reports A(k + 1))"),
+        (0, "unconditioned harmful Q (π_0 marginals)"),
+        (0, "deep curve in place of the standard one"),
+        (1, "prefill depth off by one (depth k reports A(k + 1))"),
+        (1, "curves swapped"),
+    ],
+)
+def test_prefill_checks_detect_realistic_bugs(check_index, label):
+    check = prefill_attack.CHECKS[check_index]
+    _detected(check, _cached(prefill_attack.CHECKS[0], _deep_case(), "harmful"), label)

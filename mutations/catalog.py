@@ -1,0 +1,298 @@
+"""The planted bugs: each a realistic mistake in one library module (issue 16, item 7).
+
+A :class:`Mutant` replaces ``old`` (which must occur exactly once in ``file``) by ``new``.
+``checks`` names the ``toysim check`` checks most likely to catch it; the runner tries those first
+(to save time) and then every other check, so the order never decides whether a mutant is killed.
+``expected`` says which work is expected to kill a mutant that survives on this branch.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Mutant(NamedTuple):
+    """One planted bug."""
+
+    name: str
+    file: str
+    old: str
+    new: str
+    description: str
+    checks: tuple[str, ...] = ()
+    expected: str = ""
+
+
+CORE = "core-checks branch (Fisher references, τ(y), DP chunk)"
+LAW = "law-sampling branch (second-order law, sampling power)"
+
+MUTANTS: tuple[Mutant, ...] = (
+    # ---------------------------------------------------------------- _enumerate
+    Mutant(
+        "enumerate_unweighted_backward",
+        "toysim/_enumerate.py",
+        "        mean = jnp.sum(jnp.exp(lc) * child, axis=-1)\n",
+        "        mean = jnp.mean(child, axis=-1)\n",
+        "backward pass averages the children uniformly instead of weighting them by π(v|p)",
+        ("martingale", "harm_information", "covariance_gradient_sum"),
+    ),
+    Mutant(
+        "enumerate_no_constant_rule",
+        "toysim/_enumerate.py",
+        "        out.append(shard_prefixes(jnp.where(_constant_rows(child), child[:, 0], mean)))\n",
+        "        out.append(shard_prefixes(mean))\n",
+        "backward pass drops the exact-constant rule: determined prefixes get Σ_v π(v)c, off by rounding",
+        ("zero_gradient", "zero_kl", "horizon_equivalence", "prefill_standard_is_base"),
+    ),
+    # ---------------------------------------------------------------- _martingale
+    Mutant(
+        "martingale_uncentred_variance",
+        "toysim/_martingale.py",
+        "    return jnp.sum(p_leaf * (h - mean) ** 2)\n",
+        "    return jnp.sum(p_leaf * h**2)\n",
+        "Var(h) computed as E[h²] (the mean is not subtracted)",
+        ("harm_information", "martingale"),
+    ),
+    Mutant(
+        "martingale_innovation_sign",
+        "toysim/_martingale.py",
+        "        out.append(h_t.reshape(h_tm1.shape[0], -1) - h_tm1[:, None])\n",
+        "        out.append(h_tm1[:, None] - h_t.reshape(h_tm1.shape[0], -1))\n",
+        "innovation Δ_t = H_{t−1} − H_t (sign flipped): I_t unchanged, G_t has the wrong sign",
+        ("covariance_gradient", "martingale", "covariance_gradient_sum"),
+    ),
+    # ---------------------------------------------------------------- _gradient
+    Mutant(
+        "gradient_missing_token_probability",
+        "toysim/_gradient.py",
+        "    return tuple(level_weights(levels, t + 1) * deltas[t] for t in range(len(deltas)))\n",
+        "    return tuple(jnp.exp(levels.log_prefix[t])[:, None] * deltas[t] for t in range(len(deltas)))\n",
+        "covariance weights P(p) Δ_t instead of P(p) π(v|p) Δ_t (token probability dropped)",
+        ("covariance_gradient", "covariance_gradient_sum"),
+    ),
+    Mutant(
+        "cov_sq_norm_square_of_sum",
+        "toysim/_gradient.py",
+        "        return jnp.sum((probs * delta) ** 2, axis=-1)\n",
+        "        return jnp.sum(probs * delta, axis=-1) ** 2\n",
+        "per-prefix ‖Cov(H_t, s_t)‖² as the square of a sum (Σ_v πΔ)² instead of Σ_v (πΔ)²",
+        ("fisher_bound",),
+        CORE,
+    ),
+    Mutant(
+        "fisher_bound_missing_sqrt",
+        "toysim/_gradient.py",
+        "    return jnp.sqrt(information * traces)\n",
+        "    return information * traces\n",
+        "Fisher bound I_t E[tr F_t] without the square root",
+        ("fisher_bound",),
+    ),
+    # ---------------------------------------------------------------- _horizon
+    Mutant(
+        "tau_off_by_one",
+        "toysim/_horizon.py",
+        "    for m in masks[:-1]:\n",
+        "    for m in masks[1:]:\n",
+        "τ(y) counts undetermined prefixes of lengths 1..T instead of 0..T−1 (off by one)",
+        ("horizon_equivalence", "zero_gradient"),
+        CORE,
+    ),
+    Mutant(
+        "horizon_distribution_parent",
+        "toysim/_horizon.py",
+        "        parent_open = jnp.repeat(~masks[t - 1], levels.vocab_size)\n",
+        "        parent_open = jnp.ones_like(masks[t])\n",
+        "P(τ = t) counts every determined prefix, not only those whose parent is open",
+        ("dp_matches_enumeration", "dp_long_horizon", "horizon_equivalence"),
+    ),
+    # ---------------------------------------------------------------- _equilibrium
+    Mutant(
+        "tilt_wrong_sign",
+        "toysim/_equilibrium.py",
+        "    log_z = log_backward(base, -lam * h)\n",
+        "    log_z = log_backward(base, lam * h)\n",
+        "the tilt uses e^{+λh} (sign of the harm term)",
+        ("tilt_minimises", "tilt_kl", "zero_kl"),
+    ),
+    Mutant(
+        "kl_by_position_reversed",
+        "toysim/_equilibrium.py",
+        "    prefix_kl = [xlogy_kl(lp, lq) for lp, lq in zip(p.log_cond, q.log_cond)]\n",
+        "    prefix_kl = [xlogy_kl(lq, lp) for lp, lq in zip(p.log_cond, q.log_cond)]\n",
+        "per-position KL(Q ‖ P) instead of KL(P ‖ Q) (arguments swapped)",
+        ("training_convergence", "tilt_minimises", "kl_variance"),
+    ),
+    # ---------------------------------------------------------------- _policies
+    Mutant(
+        "fisher_tabular_uncentred",
+        "toysim/_policies.py",
+        '        """``tr F_t(p) = E[‖s_t‖² | p] = 1 − ‖π(·|p)‖²`` for a lookup parameterisation."""\n'
+        "        probs = jax.nn.softmax(self.logits(params, t), axis=-1)\n"
+        "        return 1.0 - jnp.sum(probs**2, axis=-1)\n",
+        '        """``tr F_t(p) = E[‖s_t‖² | p] = 1 − ‖π(·|p)‖²`` for a lookup parameterisation."""\n'
+        "        probs = jax.nn.softmax(self.logits(params, t), axis=-1)\n"
+        "        return jnp.sum(probs, axis=-1)\n",
+        "tabular Fisher trace Σ_v π(v) (uncentred) instead of 1 − Σ_v π(v)²",
+        ("fisher_bound",),
+        CORE,
+    ),
+    Mutant(
+        "fisher_markov_square_of_sum",
+        "toysim/_policies.py",
+        '        """``tr F_t(p) = 1 − ‖π(·|p)‖²``: each prefix reads exactly one row of the table."""\n'
+        "        probs = jax.nn.softmax(self.logits(params, t), axis=-1)\n"
+        "        return 1.0 - jnp.sum(probs**2, axis=-1)\n",
+        '        """``tr F_t(p) = 1 − ‖π(·|p)‖²``: each prefix reads exactly one row of the table."""\n'
+        "        probs = jax.nn.softmax(self.logits(params, t), axis=-1)\n"
+        "        return 1.0 - jnp.sum(probs, axis=-1) ** 2\n",
+        "Markov Fisher trace 1 − (Σ_v π)² (square of the sum, = 0) instead of 1 − Σ_v π²",
+        ("fisher_bound", "dp_matches_enumeration"),
+    ),
+    Mutant(
+        "fisher_generic_unweighted",
+        "toysim/_policies.py",
+        "    return jnp.sum(probs * sq, axis=-1)\n",
+        "    return jnp.sum(sq, axis=-1)\n",
+        "generic (MLP) Fisher trace sums ‖∇ log π(v|p)‖² over tokens without the weights π(v|p)",
+        ("fisher_bound",),
+        CORE,
+    ),
+    # ---------------------------------------------------------------- _harms
+    Mutant(
+        "automaton_states_transposed",
+        "toysim/_harms.py",
+        "        states = harm.transitions[states].reshape(-1)\n",
+        "        states = harm.transitions[states].T.reshape(-1)\n",
+        "automaton leaf harms laid out token-major instead of lexicographically",
+        ("dp_matches_enumeration",),
+    ),
+    # ---------------------------------------------------------------- _dp
+    Mutant(
+        "dp_drop_last_partial_chunk",
+        "toysim/_dp.py",
+        "    if rest:\n        tail, grads = chunk_terms(n_full * chunk, rest)\n",
+        "    if rest and False:\n        tail, grads = chunk_terms(n_full * chunk, rest)\n",
+        "DP per-position reductions drop the last partial chunk (T not a multiple of 128)",
+        ("dp_long_horizon", "dp_matches_enumeration"),
+        CORE,
+    ),
+    Mutant(
+        "dp_fisher_uncentred",
+        "toysim/_dp.py",
+        "    trace_row = 1.0 - jnp.sum(pi**2, axis=-1)  # tr F per logit row\n",
+        "    trace_row = jnp.sum(pi, axis=-1)  # tr F per logit row\n",
+        "DP Fisher trace per row Σ_v π(v) (uncentred) instead of 1 − Σ_v π(v)²",
+        ("dp_matches_enumeration", "dp_long_horizon"),
+    ),
+    # ---------------------------------------------------------------- _dp_recovery
+    Mutant(
+        "dp_harmful_q_unconditioned",
+        "toysim/_dp_recovery.py",
+        "    return log_p[:-1] + log_h - jnp.log(total), total\n",
+        "    return log_p[:-1], total\n",
+        "DP harmful Q = π_0's state law (not conditioned on harm)",
+        ("recovery_gradient", "dp_matches_enumeration"),
+    ),
+    Mutant(
+        "dp_prefill_depth_off_by_one",
+        "toysim/_dp_recovery.py",
+        "    return DPAttack(*(curve(n) for n in rest))\n",
+        "    return DPAttack(*(curve(jnp.concatenate([n[1:], jnp.zeros_like(n[:1])])) for n in rest))\n",
+        "DP attack curve at depth k reads the no-recovery probability one token deeper (N_{k+1})",
+        ("recovery_gradient", "dp_matches_enumeration"),
+    ),
+    Mutant(
+        "dp_gibbs_missing_discount",
+        "toysim/_dp_recovery.py",
+        "        norm = jnp.logaddexp(outside, inside + d_t)[:, None]\n",
+        "        norm = jnp.logaddexp(outside, inside)[:, None]\n",
+        "DP Gibbs-form normaliser without e^{μγ^{t−1}} on the recovery tokens",
+        ("recovery_gradient", "dp_matches_enumeration"),
+    ),
+    Mutant(
+        "dp_discount_off_by_one",
+        "toysim/_dp_recovery.py",
+        "    discounts_np = mu * gamma ** np.arange(T, dtype=np.float64)\n",
+        "    discounts_np = mu * gamma ** np.arange(1, T + 1, dtype=np.float64)\n",
+        "DP discounts μγ^t instead of μγ^{t−1}",
+        ("recovery_gradient", "dp_matches_enumeration"),
+    ),
+    # ---------------------------------------------------------------- _recovery
+    Mutant(
+        "recovery_discount_off_by_one",
+        "toysim/_recovery.py",
+        "        return self.mu * self.gamma ** np.arange(self.horizon, dtype=np.float64)\n",
+        "        return self.mu * self.gamma ** np.arange(1, self.horizon + 1, dtype=np.float64)\n",
+        "discounts μγ^t instead of μγ^{t−1} (off by one position)",
+        ("recovery_gradient", "gibbs_form"),
+    ),
+    Mutant(
+        "recovery_harmful_q_unconditioned",
+        "toysim/_recovery.py",
+        "    return tuple(np.asarray(jnp.exp(base.log_prefix[t]) * H[t] / total) for t in range(base.horizon))\n",
+        "    return tuple(np.asarray(jnp.exp(base.log_prefix[t])) for t in range(base.horizon))\n",
+        "harmful Q marginals = π_0's prefix marginals (harm conditioning forgotten)",
+        ("recovery_gradient", "gibbs_form"),
+    ),
+    Mutant(
+        "recovery_penalty_complement",
+        "toysim/_recovery.py",
+        "    _, outside = log_recovery_probability(levels, spec.mask)\n    return sum(",
+        "    outside, _ = log_recovery_probability(levels, spec.mask)\n    return sum(",
+        "penalty reads π(R|p) (the complement set's non-recovery) instead of 1 − π(R|p)",
+        ("recovery_gradient", "augmentation_unbiased"),
+    ),
+    Mutant(
+        "gibbs_missing_mu",
+        "toysim/_recovery.py",
+        "    return tuple(jax.nn.sigmoid(z + d) for z, d in zip(logit_recovery(base, spec.mask), spec.discounts))\n",
+        "    return tuple(jax.nn.sigmoid(z + d / spec.mu) for z, d in zip(logit_recovery(base, spec.mask), spec.discounts))\n",
+        "Gibbs form σ(logit π_0(R|p) + γ^{t−1}) (μ missing)",
+        ("gibbs_form",),
+    ),
+    Mutant(
+        "no_recovery_pass_complement",
+        "toysim/_recovery.py",
+        "        out.append(jax.nn.logsumexp(jnp.where(mask, -jnp.inf, lc + child), axis=-1))\n",
+        "        out.append(jax.nn.logsumexp(jnp.where(~mask, -jnp.inf, lc + child), axis=-1))\n",
+        "no-recovery pass sums over the recovery tokens instead of their complement",
+        ("prefill_standard_is_base", "prefill_deep_below_standard"),
+    ),
+    Mutant(
+        "attack_length_missing_one",
+        "toysim/_recovery.py",
+        "    return 1.0 + (math.log(mu) - math.log(gap)) / math.log(1.0 / gamma)\n",
+        "    return (math.log(mu) - math.log(gap)) / math.log(1.0 / gamma)\n",
+        "attack length without the leading 1 (positions counted from 0)",
+        ("attack_length",),
+    ),
+    # ---------------------------------------------------------------- _training
+    Mutant(
+        "second_order_ratio_missing_2",
+        "toysim/_training.py",
+        "    ratio = jnp.where(info > 0, 2.0 * d / (lam2 * jnp.where(info > 0, info, 1.0)), jnp.nan)\n",
+        "    ratio = jnp.where(info > 0, d / (lam2 * jnp.where(info > 0, info, 1.0)), jnp.nan)\n",
+        "second_order_ratio D_t / (λ² I_t) without the factor 2",
+        ("second_order_law",),
+        LAW,
+    ),
+    # ---------------------------------------------------------------- _sampling
+    Mutant(
+        "sampling_baseline_includes_sample",
+        "toysim/_sampling.py",
+        "        reward = reward - (jnp.sum(reward) - reward) / (num_samples - 1)\n",
+        "        reward = reward - jnp.sum(reward) / num_samples\n",
+        "REINFORCE baseline is the mean over all samples, the sample itself included (biased)",
+        ("sampling",),
+        LAW,
+    ),
+    # ---------------------------------------------------------------- _report
+    Mutant(
+        "report_squared_gradient_norm",
+        "toysim/_report.py",
+        "        gradient_norm_by_position=jnp.sqrt(jnp.stack([tree_sq_norm(g) for g in grads])),\n",
+        "        gradient_norm_by_position=jnp.stack([tree_sq_norm(g) for g in grads]),\n",
+        "the report's ‖G_t‖ is the squared norm (square root forgotten)",
+        ("dp_matches_enumeration", "fisher_bound"),
+    ),
+)
