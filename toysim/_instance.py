@@ -62,6 +62,12 @@ def loads(text: str) -> Instance:
         raise ValueError(
             f"instance is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
         ) from None
+    except ValueError as err:
+        if "integer string conversion" in str(err):  # Python refuses ints of more than 4300 digits
+            raise ValueError(
+                "instance holds an integer with thousands of digits; numbers must fit float64 or int32"
+            ) from None
+        raise
     except RecursionError:  # the decoder recurses once per nesting level
         raise ValueError(
             "instance is nested too deeply to be a toysim.instance/1 file (at most 4 levels of lists and objects)"
