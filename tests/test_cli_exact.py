@@ -117,8 +117,8 @@ BAD = [
     ),
     (
         ("harm",),
-        {"kind": "automaton", "start": 0, "transitions": [[0, 1], [1, 1], [2, 0]], "final_harm": [0, 1, 0]},
-        "cannot be reached",
+        {"kind": "automaton", "start": 0, "transitions": [[0, 10**30], [1, 1]], "final_harm": [0, 1]},
+        "harm.transitions[0][1]",
     ),
     (
         ("harm",),
@@ -164,6 +164,23 @@ def test_bad_instance_one_line_exit_2(tmp_path, capsys, path, value, field):
 def test_unparseable_instance(tmp_path, capsys, raw, field):
     code, _, err = run(tmp_path, capsys, None, raw=raw)
     assert code == 2 and err.count("\n") == 1 and field in err, err
+
+
+def test_unreachable_states_are_accepted_with_one_warning(tmp_path, capsys):
+    """Unreachable states (a product or padded DFA) are valid: pruned, same report as without them
+    (tests/test_limits.py compares the two on both engines)."""
+    padded = {
+        **MARKOV,
+        "harm": {
+            "kind": "automaton",
+            "start": 0,
+            "transitions": [[0, 1], [1, 1], [2, 0]],
+            "final_harm": [0, 1, 0],
+        },
+    }
+    code, out, err = run(tmp_path, capsys, padded, "--engine", "enumerate")
+    assert code == 0 and err.count("\n") == 1 and "cannot be reached" in err and "warning" in err
+    assert KEYS <= set(json.loads(out))
 
 
 def test_missing_file_and_bad_engine(tmp_path, capsys):

@@ -16,6 +16,29 @@ class UsageError(ValueError):
     """A command-line argument is invalid."""
 
 
+# The largest seed: jax.random.key reads it as a signed 64-bit integer.
+MAX_SEED = 2**63 - 1
+
+
+def seed_arg(text: str) -> int:
+    """``--seed``: an integer in ``[0, 2**63 − 1]`` (argparse type shared by every subcommand)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1], got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        shown = text if len(text) <= 30 else text[:27] + "..."
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63 - 1], got {shown}")
+    return value
+
+
+def out_dir_arg(text: str) -> str:
+    """``--out DIR``: a non-empty path (an empty one would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty path")
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, no usage dump
         raise UsageError(message)

@@ -15,6 +15,8 @@ import math
 import os
 import sys
 
+from ._cli import out_dir_arg, seed_arg
+
 
 def _fmt(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -90,9 +92,18 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def _validate_names(names) -> None:
+    """Refuse unknown ``--only`` names before any folder is created (one line, exit 2)."""
+    if names:
+        from proofs_check._runner import select
+
+        select(names)
+
+
 def _run(args, counterexample_dir: str | None):
     from proofs_check._runner import DEFAULT_COUNTEREXAMPLE_DIR, prepare_dir, run_checks
 
+    _validate_names(args.only)
     if counterexample_dir is None:  # the default folder is created only when a check fails
         counterexample_dir = DEFAULT_COUNTEREXAMPLE_DIR
     else:
@@ -157,6 +168,7 @@ def _cmd_reproduce(args) -> int:
     make_all = _figures_make_all()  # before the checks: a missing package fails in seconds
     from proofs_check._runner import prepare_dir
 
+    _validate_names(args.only)  # before creating --out: a typo leaves nothing behind
     prepare_dir(out_dir, what="--out folder")
     results = _run(args, os.path.join(out_dir, "counterexamples"))
     ok = _report(results, False, sys.stdout)
@@ -173,7 +185,12 @@ def _add_common(p) -> None:
     p.add_argument(
         "--profile", default="ci", choices=["ci", "thorough"], help="examples per check (thorough: x10)"
     )
-    p.add_argument("--seed", type=int, default=0, help="hypothesis seed (runs are deterministic given it)")
+    p.add_argument(
+        "--seed",
+        type=seed_arg,
+        default=0,
+        help="hypothesis seed in [0, 2**63 - 1] (runs are deterministic given it)",
+    )
     p.add_argument(
         "--only",
         nargs="+",
@@ -196,6 +213,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.add_argument(
         "--counterexample-dir",
+        type=out_dir_arg,
         default=None,
         metavar="DIR",
         help="folder for counterexample instance files (default: ./toysim-counterexamples)",
@@ -212,6 +230,7 @@ def register(sub) -> None:
     _add_common(r)
     r.add_argument(
         "--out",
+        type=out_dir_arg,
         default=None,
         metavar="DIR",
         help="write checks.json, counterexamples and the figures here (default: checks.json in "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._cli import out_dir_arg
+
 
 def _import_figures():
     """The ``figures`` package, or a ValueError saying how to make it importable.
@@ -35,7 +37,9 @@ def register(sub) -> None:
         "stdout. The figures and their names are listed in figures/README.md (registry: "
         "figures.FIGURES).",
     )
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: figures/output)")
+    p.add_argument(
+        "--out", type=out_dir_arg, default=None, metavar="DIR", help="output folder (default: figures/output)"
+    )
     p.add_argument(
         "--only",
         nargs="+",

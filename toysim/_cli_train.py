@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from ._cli import write_json
+from ._cli import seed_arg, write_json
 
 
 def _positive_lambda(value: float | None, default: float) -> float:
@@ -18,6 +18,9 @@ def _positive_lambda(value: float | None, default: float) -> float:
     if not (math.isfinite(lam) and lam > 0):
         raise ValueError(f"--lambda must be a finite number > 0, got {lam}")
     return lam
+
+
+_MAX_SAMPLES = 2**40
 
 
 def _sample_sizes(text: str) -> tuple[int, ...]:
@@ -31,8 +34,34 @@ def _sample_sizes(text: str) -> tuple[int, ...]:
             ) from None
         if n < 2:
             raise ValueError(f"--samples must hold integers >= 2 (leave-one-out baseline), got {n}")
+        if n > _MAX_SAMPLES:  # far beyond any memory; keeps the estimate's arithmetic in range
+            shown = part.strip() if len(part.strip()) <= 30 else f"a {len(part.strip())}-digit number"
+            raise ValueError(f"--samples must hold integers <= 2**40, got {shown}")
         sizes.append(n)
     return tuple(sizes)
+
+
+# Bytes per sampled sequence held by one REINFORCE estimate (``reinforce_gradients``), read from
+# XLA's memory analysis of the compiled program (temporaries and outputs, N = 10^5 and 10^7):
+# Markov 224 (V = 2, T = 4), 368 (4, 4), 516 (8, 3), 536 (2, 10), 432 (3, 6); tabular 208, 336,
+# 452, 520, 408. The bound 8 · (3·T·V + 2·T + 4) is above each, by a factor 1.2 to 1.3.
+def sampling_estimate_bytes(vocab_size: int, horizon: int, num_samples: int) -> int:
+    """Predicted memory of one REINFORCE estimate over ``num_samples`` sequences (tabular or Markov)."""
+    return 8 * (3 * horizon * vocab_size + 2 * horizon + 4) * num_samples
+
+
+def _check_samples_fit(vocab_size: int, horizon: int, samples: tuple[int, ...]) -> None:
+    """Refuse a sample size whose estimate would not fit in memory, before sampling anything."""
+    from ._enumerate import available_bytes
+
+    n = max(samples)
+    need, have = sampling_estimate_bytes(vocab_size, horizon, n), available_bytes()
+    if need > have:
+        raise ValueError(
+            f"--samples {n}: one REINFORCE estimate over {n} sequences of length T = {horizon}, "
+            f"V = {vocab_size} needs about {need / 2**30:.3g} GiB, more than the {have / 2**30:.2f} GiB "
+            "available (use fewer samples)"
+        )
 
 
 def _cmd_train(args) -> int:
@@ -89,6 +118,7 @@ def _cmd_sample_vs_exact(args) -> int:
     instance = load(args.instance)
     policy = instance.policy
     check_fits(policy.vocab_size, policy.horizon)
+    _check_samples_fit(policy.vocab_size, policy.horizon, samples)
     h = jnp.asarray(harm_values(instance.harm, policy.vocab_size, policy.horizon))
     report = sampling_versus_exact(policy, instance.params, h, samples, seed=args.seed, repeats=args.repeats)
     write_json(report, args.compact)
@@ -120,7 +150,7 @@ def register(sub) -> None:
     )
     q.add_argument("instance", help="path to a toysim.instance/1 JSON file")
     q.add_argument("--samples", default="10,100,1000", help="comma-separated sample sizes, each >= 2")
-    q.add_argument("--seed", type=int, default=0, help="seed of the jax.random keys")
+    q.add_argument("--seed", type=seed_arg, default=0, help="seed of the jax.random keys, in [0, 2**63 - 1]")
     q.add_argument("--repeats", type=int, default=20, help="estimates per sample size")
     q.add_argument("--compact", action="store_true", help="print the JSON on one line")
     q.set_defaults(func=_cmd_sample_vs_exact)

@@ -790,24 +790,40 @@ def dp_analyze_concurrent(
 _FLOATS_PER_STATE = 14
 _FLOATS_PER_STATE_NO_AUTODIFF = 11
 _FLOATS_PER_EDGE = 2
+# Bytes per entry of the one-hot transition tensor (S, V, S) (:func:`_onehot`) that the forward,
+# reachability and autodiff scans contract with: XLA's memory analysis of each compiled pass
+# shows 16.1 to 16.7 bytes per entry at S = 200..800, V = 2..8 (the boolean one-hot and its
+# float64 copy, transposed); two such passes run side by side (dp_analyze_concurrent).
+_BYTES_PER_ONEHOT_ENTRY = 32
+
+
+def dp_automaton_bytes(vocab_size: int, n_states: int) -> int:
+    """Memory of the DP passes' one-hot transition tensors: ``32 · S² · V`` bytes.
+
+    Independent of ``T`` and quadratic in the number of automaton states ``S``: a DFA with 20,000
+    states over 4 tokens needs about 51 GB, whatever the horizon.
+    """
+    return int(_BYTES_PER_ONEHOT_ENTRY * n_states * n_states * vocab_size)
 
 
 def dp_estimate_bytes(vocab_size: int, horizon: int, n_states: int, autodiff: bool = True) -> int:
-    """Predicted peak memory of :func:`dp_analyze`, linear in ``T`` and independent of ``V**T``.
+    """Predicted peak memory of :func:`dp_analyze`, independent of ``V**T``.
 
-    ``8 · (T + 1) · (a · (V + 1) · S + b · S · V)`` bytes, with ``a = 14, b = 2`` (``a = 11, b = 0``
-    without the autodiff references). Nothing of size ``(T, V + 1, V)`` is stored by the analysis
-    (per-position gradients are reduced to norms chunk by chunk); :func:`dp_covariance_gradients`
-    and :func:`dp_untied_gradients` do return ``T · (V + 1) · V`` numbers.
+    ``8 · (T + 1) · (a · (V + 1) · S + b · S · V) + 32 · S² · V`` bytes, with ``a = 14, b = 2``
+    (``a = 11, b = 0`` without the autodiff references): the per-position arrays, linear in ``T``,
+    plus the one-hot transition tensors of :func:`dp_automaton_bytes`, quadratic in ``S``. Nothing
+    of size ``(T, V + 1, V)`` is stored by the analysis (per-position gradients are reduced to
+    norms chunk by chunk); :func:`dp_covariance_gradients` and :func:`dp_untied_gradients` do
+    return ``T · (V + 1) · V`` numbers.
     """
     per_state = _FLOATS_PER_STATE if autodiff else _FLOATS_PER_STATE_NO_AUTODIFF
     per_edge = _FLOATS_PER_EDGE if autodiff else 0
     per_pos = per_state * (vocab_size + 1) * n_states + per_edge * n_states * vocab_size
-    return int(8 * (horizon + 1) * per_pos)
+    return int(8 * (horizon + 1) * per_pos) + dp_automaton_bytes(vocab_size, n_states)
 
 
 def dp_check_fits(vocab_size: int, horizon: int, n_states: int, autodiff: bool = True) -> None:
-    """Refuse a DP analysis whose per-position outputs would not fit in memory.
+    """Refuse a DP analysis whose arrays would not fit in memory (:func:`dp_estimate_bytes`).
 
     Raises:
       ValueError: with the estimate and the available memory.

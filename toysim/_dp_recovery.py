@@ -57,7 +57,15 @@ from ._dp import (
     dp_estimate_bytes,
     dp_reachable,
 )
-from ._recovery import _check_weights, attack_length, guaranteed_recovery, recovery_mask
+from ._recovery import (
+    _check_weights,
+    attack_length,
+    check_attack_setting,
+    guaranteed_recovery,
+    logit_of_log,
+    recovery_mask,
+    sigmoid,
+)
 
 # Positions per batch of the per-position reductions: keeps the live (batch, V + 1, V) arrays small
 # (0.5 MB per array at V = 64) while amortising the loop overhead.
@@ -474,6 +482,8 @@ def dp_deep_report(
     elif q != "harmful":
         raise ValueError(f"q must be 'harmful' or 'jailbroken', got {q!r}")
     mu, gamma = _check_weights(mu, gamma)
+    if delta is not None:  # before the passes: a bad δ fails in a second
+        check_attack_setting(delta, gamma)
     mask_np = recovery_mask(recovery, V)
     discounts_np = mu * gamma ** np.arange(T, dtype=np.float64)
     mask, discounts = jnp.asarray(mask_np), jnp.asarray(discounts_np)
@@ -485,14 +495,15 @@ def dp_deep_report(
 
     inside = np.asarray(_row_recovery(logits, mask)[0])
     occurs = np.isfinite(out.log_p[:-1]).any(axis=(0, 2))  # rows c that some prefix of length < T ends in
-    p_min = float(np.exp(inside[occurs].min()))
-    t_attack = None if delta is None else attack_length(float(delta), p_min, mu, gamma)
+    log_p_min = float(inside[occurs].min())  # finite where p_min underflows (logits ±700)
+    p_min = float(np.exp(log_p_min))
+    t_attack = None if delta is None else attack_length(delta, p_min, mu, gamma, log_p_min=log_p_min)
     # σ(logit π_0(R|c) + μγ^{t−1}) at the rows Q reaches before position t [Thm 20]; σ is
     # increasing, so the minimum over rows is σ of the smallest logit plus the position's weight
     q_rows = np.asarray(_token_q(out.log_q)) > 0
-    logit_r = inside - np.log(-np.expm1(inside))
+    logit_r = logit_of_log(inside)
     lowest = np.where(q_rows, logit_r[None, :], np.inf).min(axis=1) + discounts_np
-    gibbs = 1.0 / (1.0 + np.exp(-lowest))
+    gibbs = sigmoid(lowest)
     gibbs_min = [float(g) if any_q else None for g, any_q in zip(gibbs, q_rows.any(axis=1))]
     return {
         "engine": "dp",
@@ -513,7 +524,7 @@ def dp_deep_report(
         },
         "recovery_autodiff_max_abs_error": float(grads.recovery_autodiff_max_abs_error),
         "p_min": p_min,
-        "robustness_bound": float(guaranteed_recovery(p_min, mu, gamma, T)),
+        "robustness_bound": float(guaranteed_recovery(p_min, mu, gamma, T, log_p_min=log_p_min)),
         "gibbs_min_recovery_by_position": gibbs_min,
         "delta": delta,
         "attack_length": t_attack if t_attack is None or math.isfinite(t_attack) else None,

@@ -55,19 +55,31 @@ def tilt(base: Levels, h: Float[Array, " leaves"], lam: float) -> Equilibrium:
         # Parenthesised so that a prefix whose children share Z keeps log π* == log π_0 exactly.
         log_cond.append(lc + (log_z[t + 1].reshape(lc.shape) - log_z[t][:, None]))
     star = levels_from_log_cond(log_cond)
-    prefix_kl = tuple(xlogy_kl(s, b) for s, b in zip(star.log_cond, base.log_cond))
+    prefix_kl = tuple(_prefix_kl(s, b) for s, b in zip(star.log_cond, base.log_cond))
     return Equilibrium(star, log_z, _average_over_prefixes(star, prefix_kl), prefix_kl)
 
 
 def sequence_kl(p: Levels, q: Levels) -> Array:
     """``KL(P ‖ Q)`` between two policies, summed over whole sequences (reference for ``Σ D_t``)."""
-    return xlogy_kl(p.log_prefix[-1], q.log_prefix[-1])
+    return _prefix_kl(p.log_prefix[-1], q.log_prefix[-1])
 
 
 def kl_by_position(p: Levels, q: Levels) -> Float[Array, " T"]:
     """Per-position KL ``E_{p ~ P}[KL(P(·|p) ‖ Q(·|p))]`` for ``t = 1..T`` (chain rule of KL)."""
-    prefix_kl = [xlogy_kl(lp, lq) for lp, lq in zip(p.log_cond, q.log_cond)]
+    prefix_kl = [_prefix_kl(lp, lq) for lp, lq in zip(p.log_cond, q.log_cond)]
     return _average_over_prefixes(p, prefix_kl)
+
+
+def _prefix_kl(log_p: Array, log_q: Array) -> Array:
+    """``KL(p ‖ q) ≥ 0`` of each row: :func:`xlogy_kl`, its rounding below zero clamped to 0.
+
+    The only place the enumeration engine computes a KL per prefix (every ``D_t``, the sequence
+    KL). A KL is never negative, but ``Σ p (log p − log q)`` of two nearly equal distributions
+    sums terms of both signs and can round to about −1e-16 (λ = 1e-12 gave ``D_1 = −8e-17``); the
+    true value is then below the rounding (``≈ λ² Var/2``), so 0 is the closest float64 answer.
+    The DP engine clamps its per-state KL the same way (``toysim/_dp.py``, ``_position_terms``).
+    """
+    return jnp.maximum(xlogy_kl(log_p, log_q), 0.0)
 
 
 def _average_over_prefixes(p: Levels, per_prefix) -> Float[Array, " T"]:

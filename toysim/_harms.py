@@ -131,9 +131,8 @@ def deadline_harm(vocab_size: int, harmful_tokens: Sequence[int], deadline: int)
     bad = _token_set("harmful_tokens", harmful_tokens, vocab_size)
     safe, harmful = deadline, deadline + 1
     trans = np.zeros((deadline + 2, vocab_size), dtype=np.int64)
-    for s in range(deadline):
-        for v in range(vocab_size):
-            trans[s, v] = harmful if bad[v] else (s + 1 if s + 1 < deadline else safe)
+    # state s < k moves to s + 1 (state k is "safe") or, on a harmful token, to "harmful"
+    trans[:deadline] = np.where(bad[None, :], harmful, np.arange(1, deadline + 1)[:, None])
     trans[safe, :] = safe
     trans[harmful, :] = harmful
     final = np.zeros(deadline + 2)

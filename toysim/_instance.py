@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,6 +21,7 @@ from ._harms import (
     deadline_harm,
     first_decisive_harm,
     graded_harm,
+    prune_unreachable,
     table_harm,
     trigger_harm,
     unreachable_states,
@@ -26,6 +29,12 @@ from ._harms import (
 from ._policies import MarkovParams, MarkovPolicy, TabularPolicy
 
 FORMAT = "toysim.instance/1"
+
+# Largest instance file read (bytes), unless TOYSIM_MAX_FILE_BYTES says otherwise. A harm table or
+# tabular policy big enough to need more describes an enumeration far beyond any machine (2^24
+# leaves at 21 characters a number are 350 MB), and Python's parse holds several times the text.
+MAX_FILE_BYTES = 2**28
+_INT32_MAX = 2**31 - 1
 
 
 class Instance(NamedTuple):
@@ -53,14 +62,49 @@ def loads(text: str) -> Instance:
         raise ValueError(
             f"instance is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
         ) from None
+    except ValueError as err:
+        if "integer string conversion" in str(err):  # Python refuses ints of more than 4300 digits
+            raise ValueError(
+                "instance holds an integer with thousands of digits; numbers must fit float64 or int32"
+            ) from None
+        raise
+    except RecursionError:  # the decoder recurses once per nesting level
+        raise ValueError(
+            "instance is nested too deeply to be a toysim.instance/1 file (at most 4 levels of lists and objects)"
+        ) from None
     return from_dict(data)
 
 
-def load(path: str) -> Instance:
-    """Read an instance file (see :func:`loads`)."""
+def max_file_bytes() -> int:
+    """The largest instance file :func:`load` reads: ``TOYSIM_MAX_FILE_BYTES`` or :data:`MAX_FILE_BYTES`."""
+    env = os.environ.get("TOYSIM_MAX_FILE_BYTES")
+    if not env:
+        return MAX_FILE_BYTES
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        return int(float(env))
+    except ValueError:
+        raise ValueError(f"TOYSIM_MAX_FILE_BYTES must be a number of bytes, got {env!r}") from None
+
+
+def load(path: str) -> Instance:
+    """Read an instance file (see :func:`loads`), at most :func:`max_file_bytes` bytes.
+
+    The size is checked before reading: from the file's metadata for a regular file, by reading at
+    most one byte more than the limit otherwise (a pipe or a device such as ``/dev/zero``).
+    """
+    cap = max_file_bytes()
+    too_big = (
+        f"instance file {path!r} is larger than {cap} bytes (TOYSIM_MAX_FILE_BYTES); "
+        "an instance that large describes an enumeration beyond any machine"
+    )
+    try:
+        with open(path, "rb") as fh:
+            if os.path.isfile(path) and os.fstat(fh.fileno()).st_size > cap:
+                raise ValueError(too_big)
+            raw = fh.read(cap + 1)
+        if len(raw) > cap:
+            raise ValueError(too_big)
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read instance file {path!r}: {err}") from None
     return loads(text)
@@ -72,29 +116,49 @@ def _get(obj: dict, key: str, where: str) -> Any:
     return obj[key]
 
 
-def _int(value: Any, name: str, minimum: int) -> int:
+def _show(value: Any) -> str:
+    """``repr`` of a value from the file, shortened (an integer may have thousands of digits)."""
+    text = (
+        repr(value)
+        if not isinstance(value, int) or abs(value) < 10**40
+        else f"an integer of {len(str(abs(value)))} digits"
+    )
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(value: Any, name: str, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ValueError(f"{name} must be an integer, got {_show(value)}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum}, got {_show(value)}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {_show(value)}")
     return value
 
 
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return float(value)
+        raise ValueError(f"{name} must be a number, got {_show(value)}")
+    try:
+        out = float(value)
+    except OverflowError:  # an integer beyond the float64 range
+        raise ValueError(f"{name} must be a finite float64 number, got {_show(value)}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {_show(value)}")
+    return out
 
 
-def _array(value: Any, name: str, shape: tuple[int, ...], integer: bool = False) -> np.ndarray:
-    """A nested list of numbers with exactly ``shape``."""
+def _array(value: Any, name: str, shape: tuple[int, ...], index_below: int | None = None) -> np.ndarray:
+    """A nested list of numbers with exactly ``shape``; of integers in ``[0, index_below)`` if given."""
 
     def walk(v, depth, path):
         if depth == len(shape):
-            if integer:
-                return _int(v, f"{name}{path}", -(2**62))
+            if index_below is not None:
+                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < index_below:
+                    raise ValueError(
+                        f"{name}{path} must be an integer state index in [0, {index_below}), got {_show(v)}"
+                    )
+                return v
             return _number(v, f"{name}{path}")
         if not isinstance(v, list):
             raise ValueError(f"{name}{path} must be a list of length {shape[depth]}, got {type(v).__name__}")
@@ -102,13 +166,32 @@ def _array(value: Any, name: str, shape: tuple[int, ...], integer: bool = False)
             raise ValueError(f"{name}{path} must have length {shape[depth]}, got {len(v)}")
         return [walk(x, depth + 1, f"{path}[{i}]") for i, x in enumerate(v)]
 
-    return np.asarray(walk(value, 0, ""), dtype=np.int64 if integer else np.float64).reshape(shape)
+    dtype = np.float64 if index_below is None else np.int64
+    return np.asarray(walk(value, 0, ""), dtype=dtype).reshape(shape)
 
 
-def _token_list(value: Any, name: str) -> list[int]:
+def _token_list(value: Any, name: str, vocab: int) -> list[int]:
     if not isinstance(value, list):
         raise ValueError(f"{name} must be a list of tokens")
-    return [_int(v, f"{name}[{i}]", 0) for i, v in enumerate(value)]
+    return [_int(v, f"{name}[{i}]", 0, vocab - 1) for i, v in enumerate(value)]
+
+
+def _check_automaton_size(n_states: int, vocab: int, what: str) -> None:
+    """Refuse, before building it, a family automaton too large for the DP engine's passes.
+
+    Only a huge ``deadline`` (clamped to the horizon first) or a huge horizon (the graded harm's
+    counter) makes one; an instance that large has a horizon no enumeration can reach either.
+    """
+    from ._dp import dp_automaton_bytes
+    from ._enumerate import available_bytes
+
+    need, have = dp_automaton_bytes(vocab, n_states), available_bytes()
+    if need > have:
+        raise ValueError(
+            f"{what} makes an automaton with S = {n_states} states over V = {vocab} tokens; the DP "
+            f"engine's (S, V, S) transition tensor needs about {need / 2**30:.3g} GiB, more than the "
+            f"{have / 2**30:.2f} GiB available (reduce horizon)"
+        )
 
 
 def _policy(spec: Any, vocab: int, horizon: int):
@@ -141,40 +224,50 @@ def _harm(spec: Any, vocab: int, horizon: int) -> Harm:
             raise ValueError("harm.transitions must be a non-empty list of rows")
         n_states = len(trans)
         harm = automaton_harm(
-            _int(_get(spec, "start", "harm."), "harm.start", 0),
-            _array(trans, "harm.transitions", (n_states, vocab), integer=True),
+            _int(_get(spec, "start", "harm."), "harm.start", 0, n_states - 1),
+            _array(trans, "harm.transitions", (n_states, vocab), index_below=n_states),
             _array(_get(spec, "final_harm", "harm."), "harm.final_harm", (n_states,)),
             vocab,
         )
-        # In a file, a state that no token sequence reaches is almost always a typo in the
-        # transitions (the Python API accepts them: padding to a fixed S reuses compiled programs).
+        # States the start state cannot reach are valid (a product of two automata, a generated or
+        # minimised DFA, a padded one): they never change h. Dropped, with one line on stderr.
         lost = unreachable_states(harm)
         if lost:
-            raise ValueError(
-                f"harm.transitions: state(s) {lost} cannot be reached from the start state "
-                f"{harm.start} (check the transitions, or remove those states)"
+            shown = ", ".join(map(str, lost[:10])) + (", ..." if len(lost) > 10 else "")
+            print(
+                f"toysim: warning: harm.transitions: {len(lost)} state(s) cannot be reached from the "
+                f"start state {harm.start} and are ignored ({shown})",
+                file=sys.stderr,
             )
+            harm = prune_unreachable(harm)
         return harm
     if kind == "deadline":
-        return deadline_harm(
-            vocab,
-            _token_list(_get(spec, "harmful_tokens", "harm."), "harm.harmful_tokens"),
-            _int(_get(spec, "deadline", "harm."), "harm.deadline", 1),
+        tokens = _token_list(_get(spec, "harmful_tokens", "harm."), "harm.harmful_tokens", vocab)
+        given = _int(_get(spec, "deadline", "harm."), "harm.deadline", 1)
+        # Every deadline >= T gives the same h on responses of length T (harmful iff a harmful
+        # token occurs at all): clamp, so the automaton has T + 2 states at most, not deadline + 2.
+        deadline = min(given, horizon)
+        what = f"harm.deadline = {_show(given)}" + (
+            f" (clamped to horizon = {horizon})" if given > horizon else ""
         )
+        _check_automaton_size(deadline + 2, vocab, what)
+        return deadline_harm(vocab, tokens, deadline)
     if kind == "first_decisive":
         undecided = _number(spec.get("undecided_harm", 0.0), "harm.undecided_harm")
         return first_decisive_harm(
             vocab,
-            _token_list(_get(spec, "comply_tokens", "harm."), "harm.comply_tokens"),
-            _token_list(_get(spec, "refuse_tokens", "harm."), "harm.refuse_tokens"),
+            _token_list(_get(spec, "comply_tokens", "harm."), "harm.comply_tokens", vocab),
+            _token_list(_get(spec, "refuse_tokens", "harm."), "harm.refuse_tokens", vocab),
             undecided,
         )
     if kind == "trigger":
-        return trigger_harm(vocab, _token_list(_get(spec, "trigger_tokens", "harm."), "harm.trigger_tokens"))
-    if kind == "graded":
-        return graded_harm(
-            vocab, horizon, _token_list(_get(spec, "harmful_tokens", "harm."), "harm.harmful_tokens")
+        return trigger_harm(
+            vocab, _token_list(_get(spec, "trigger_tokens", "harm."), "harm.trigger_tokens", vocab)
         )
+    if kind == "graded":
+        tokens = _token_list(_get(spec, "harmful_tokens", "harm."), "harm.harmful_tokens", vocab)
+        _check_automaton_size(horizon + 1, vocab, f"harm.kind = 'graded' with horizon = {horizon}")
+        return graded_harm(vocab, horizon, tokens)
     raise ValueError(
         "harm.kind must be one of 'table', 'automaton', 'deadline', 'first_decisive', "
         f"'trigger', 'graded'; got {kind!r}"
@@ -188,8 +281,9 @@ def from_dict(data: Any) -> Instance:
     fmt = data.get("format", FORMAT)
     if fmt != FORMAT:
         raise ValueError(f"format must be {FORMAT!r}, got {fmt!r}")
-    vocab = _int(_get(data, "vocab_size", ""), "vocab_size", 2)
-    horizon = _int(_get(data, "horizon", ""), "horizon", 1)
+    # the engines index tokens, positions and automaton states with int32
+    vocab = _int(_get(data, "vocab_size", ""), "vocab_size", 2, _INT32_MAX)
+    horizon = _int(_get(data, "horizon", ""), "horizon", 1, _INT32_MAX)
     lam = _number(_get(data, "lambda", ""), "lambda")
     if lam <= 0:
         raise ValueError(f"lambda must be > 0, got {lam}")

@@ -477,16 +477,61 @@ def gibbs_gap(
 # --------------------------------------------------------------------------- robustness
 
 
+def min_log_recovery_probability(base: Levels, mask: np.ndarray) -> float:
+    """``log p_min = min_p log π_0(R | p)`` over every prefix of lengths ``0..T−1``.
+
+    Finite for finite logits even where ``p_min`` itself underflows to 0 (logits ±700 give
+    ``log p_min ≈ −1400``): pass it to :func:`guaranteed_recovery` and :func:`attack_length`.
+    """
+    inside, _ = log_recovery_probability(base, mask)
+    return min(float(jnp.min(x)) for x in inside)
+
+
 def min_recovery_probability(base: Levels, mask: np.ndarray) -> float:
     """``p_min = min_p π_0(R | p)`` over every prefix of lengths ``0..T−1``."""
-    inside, _ = log_recovery_probability(base, mask)
-    return float(np.exp(min(float(jnp.min(x)) for x in inside)))
+    return float(np.exp(min_log_recovery_probability(base, mask)))
 
 
-def guaranteed_recovery(p_min: float, mu: float, gamma: float, t: Any) -> Any:
-    """``σ(logit p_min + μγ^{t−1})``: the recovery probability guaranteed at position ``t`` [Thm 22]."""
+def logit_of_log(log_p: Any) -> Any:
+    """``logit p = log p − log(1 − p)`` from ``log p``, without warnings at the ends.
+
+    ``log(1 − p) = log(−expm1(log p))`` keeps full precision for ``p`` near 0 and near 1; ``p = 1``
+    (``log p = 0``, also after rounding above 0) gives ``+inf`` and ``p = 0`` gives ``−inf``.
+    """
+    log_p = np.minimum(np.asarray(log_p, dtype=np.float64), 0.0)
+    with np.errstate(divide="ignore"):
+        return log_p - np.log(-np.expm1(log_p))
+
+
+def sigmoid(x: Any) -> Any:
+    """``σ(x) = 1 / (1 + e^{−x}) = exp(−log(1 + e^{−x}))``, without overflow for any ``x`` (±inf too)."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(x, dtype=np.float64)))
+
+
+def _log_of(p_min: float, log_p_min: float | None) -> float:
+    """``log p_min`` from whichever was given (the log is exact where ``p_min`` underflows)."""
+    if log_p_min is not None:
+        log_p_min = float(log_p_min)
+        if not log_p_min <= 0.0:  # NaN included
+            raise ValueError(f"log_p_min must be <= 0, got {log_p_min}")
+        return log_p_min
+    p_min = float(p_min)
+    if not 0.0 <= p_min <= 1.0:  # NaN included
+        raise ValueError(f"p_min must be in [0, 1], got {p_min}")
+    with np.errstate(divide="ignore"):
+        return float(np.log(p_min))
+
+
+def guaranteed_recovery(
+    p_min: float, mu: float, gamma: float, t: Any, *, log_p_min: float | None = None
+) -> Any:
+    """``σ(logit p_min + μγ^{t−1})``: the recovery probability guaranteed at position ``t`` [Thm 22].
+
+    ``log_p_min``, if given, replaces ``p_min`` (full precision where ``p_min`` underflows). ``p_min``
+    of 0 or 1 gives a guarantee of 0 or 1, no warning.
+    """
     t = np.asarray(t, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-(math.log(p_min) - math.log1p(-p_min) + mu * gamma ** (t - 1.0))))
+    return sigmoid(logit_of_log(_log_of(p_min, log_p_min)) + mu * gamma ** (t - 1.0))
 
 
 def robustness_bound(base: Levels, spec: RecoverySpec) -> float:
@@ -495,28 +540,54 @@ def robustness_bound(base: Levels, spec: RecoverySpec) -> float:
     It bounds from below, at every position ``t = 1..T`` and every prefix ``p`` with ``Q(p) > 0``,
     the one-step recovery probability ``π*(R | p)`` of the Gibbs-form optimum.
     """
-    return float(
-        guaranteed_recovery(min_recovery_probability(base, spec.mask), spec.mu, spec.gamma, spec.horizon)
-    )
+    log_p_min = min_log_recovery_probability(base, spec.mask)
+    return float(guaranteed_recovery(None, spec.mu, spec.gamma, spec.horizon, log_p_min=log_p_min))
 
 
-def attack_length(delta: float, p_min: float, mu: float, gamma: float) -> float:
+def check_attack_setting(delta: float, gamma: float) -> float:
+    """Validate ``δ`` for :func:`attack_length` before anything is computed: its own range
+    ``0 < δ < 1`` first, then the requirement ``γ < 1``. Returns ``δ`` as a float.
+
+    Raises:
+      ValueError: naming delta (out of range) or gamma (= 1: the guarantee never decays).
+    """
+    try:
+        delta = float(delta)
+    except (TypeError, ValueError):
+        raise ValueError(f"delta must be a number in (0, 1), got {delta!r}") from None
+    if not (math.isfinite(delta) and 0 < delta < 1):
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    if not float(gamma) < 1:
+        raise ValueError(
+            f"an attack length for delta = {delta} needs gamma < 1, got gamma = {gamma} "
+            "(with gamma = 1 the guarantee never decays)"
+        )
+    return delta
+
+
+def attack_length(
+    delta: float, p_min: float, mu: float, gamma: float, *, log_p_min: float | None = None
+) -> float:
     """[Cor 23] ``t_attack(δ) = 1 + (log μ − log(logit δ − logit p_min)) / log(1/γ)``.
 
     The (real) prefill length at which the guaranteed recovery ``σ(logit p_min + μγ^{t−1})`` falls
-    to ``δ``: above ``δ`` for ``t < t_attack``, at most ``δ`` for ``t >= t_attack``.
+    to ``δ``: above ``δ`` for ``t < t_attack``, at most ``δ`` for ``t >= t_attack``. ``log_p_min``,
+    if given, replaces ``p_min`` (``logit p_min`` stays finite where ``p_min`` underflows to 0).
 
     Raises:
-      ValueError: unless ``p_min < δ < 1``, ``0 < γ < 1`` and ``μ > 0``.
+      ValueError: unless ``μ > 0``, ``0 < δ < 1`` (checked before ``γ``), ``0 < γ < 1`` and
+        ``p_min < δ``.
     """
     mu, gamma = _check_weights(mu, gamma)
-    if not gamma < 1:
-        raise ValueError("gamma must be < 1 for an attack length (with gamma = 1 the guarantee never decays)")
-    if not 0 < p_min < 1:
-        raise ValueError(f"p_min must be in (0, 1), got {p_min}")
-    if not (math.isfinite(delta) and p_min < delta < 1):
-        raise ValueError(f"delta must satisfy p_min < delta < 1 (p_min = {p_min:.6g}), got {delta}")
-    gap = math.log(delta) - math.log1p(-delta) - (math.log(p_min) - math.log1p(-p_min))
+    delta = check_attack_setting(delta, gamma)
+    log_p = _log_of(p_min, log_p_min)
+    if log_p == -math.inf:  # p_min = 0: the guarantee is 0 at every position
+        raise ValueError("p_min must be > 0 for an attack length (give log_p_min if p_min underflows)")
+    logit_p = float(logit_of_log(log_p))
+    gap = float(logit_of_log(math.log(delta))) - logit_p
+    if not gap > 0:
+        p_shown = math.exp(log_p)
+        raise ValueError(f"delta must satisfy p_min < delta < 1 (p_min = {p_shown:.6g}), got {delta}")
     return 1.0 + (math.log(mu) - math.log(gap)) / math.log(1.0 / gamma)
 
 
@@ -662,8 +733,11 @@ def deep_report(
     spec = recovery_spec(V, recovery, q_prefix, mu=mu, gamma=gamma)
     masks = determined_masks(h, V, T)
     k = int(uniform_horizon(masks))
-    p_min = min_recovery_probability(base, spec.mask)
-    t_attack = None if delta is None else attack_length(float(delta), p_min, spec.mu, spec.gamma)
+    log_p_min = min_log_recovery_probability(base, spec.mask)
+    p_min = float(np.exp(log_p_min))
+    t_attack = (
+        None if delta is None else attack_length(delta, p_min, spec.mu, spec.gamma, log_p_min=log_p_min)
+    )
 
     plain = covariance_gradient(policy, params, base, harm_martingale(base, h))
     separable, _ = train_deep(base, h, lam, spec, objective="separable", steps=steps)
