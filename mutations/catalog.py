@@ -117,8 +117,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "kl_by_position_reversed",
         "toysim/_equilibrium.py",
-        "    prefix_kl = [xlogy_kl(lp, lq) for lp, lq in zip(p.log_cond, q.log_cond)]\n",
-        "    prefix_kl = [xlogy_kl(lq, lp) for lp, lq in zip(p.log_cond, q.log_cond)]\n",
+        "    prefix_kl = [_prefix_kl(lp, lq) for lp, lq in zip(p.log_cond, q.log_cond)]\n",
+        "    prefix_kl = [_prefix_kl(lq, lp) for lp, lq in zip(p.log_cond, q.log_cond)]\n",
         "per-position KL(Q ‖ P) instead of KL(P ‖ Q) (arguments swapped)",
         ("training_convergence", "tilt_minimises", "kl_variance"),
     ),
