@@ -460,8 +460,15 @@ def minimize(
     record(0, params)
     for i in range(1, steps + 1):
         if newton:
-            x = _newton_step(x, args, loss_fn=loss_fn, unravel=unravel)
+            x_new = _newton_step(x, args, loss_fn=loss_fn, unravel=unravel)
+            # a step that leaves x unchanged (no decrease left) is a fixed point: every later step
+            # would return the same x, so stopping here changes nothing but the time spent
+            fixed = bool(jnp.array_equal(x_new, x))
+            x = x_new
             params = unravel(x)
+            if fixed:
+                record(i, params)
+                break
         else:
             params, state = _step(params, state, args, loss_fn=loss_fn, optimizer=optimizer, learning_rate=lr)
         last = i == steps
