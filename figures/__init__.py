@@ -243,6 +243,8 @@ def data_record(name: str, numbers: dict, trained: dict | None, tiny: bool) -> d
 
     def plain(arr):
         arr = np.asarray(arr)
+        if arr.dtype.kind == "f":  # NaN (undefined, e.g. a ratio 0/0) is JSON null
+            arr = np.where(np.isfinite(arr), arr, None).astype(object)
         return arr.tolist() if arr.ndim else arr.item()
 
     return {
@@ -327,6 +329,78 @@ def make_all(
     return written
 
 
+def write_data(
+    out_dir: str | os.PathLike, only: Sequence[str] | None = None, tiny: bool = True
+) -> list[Path]:
+    """Write only the published numbers (``<name>.json``) of the figures, without drawing them.
+
+    The tiny-size data committed under ``figures/output/tiny/`` (the reference of
+    ``tests/test_figures_data.py``) is written by ``write_data("figures/output/tiny")``.
+    """
+    folder = _prepare_out_dir(out_dir)
+    written = []
+    for spec in _select(only):
+        module = importlib.import_module(spec.module)
+        numbers = publish(module.data(**(module.TINY if tiny else module.FULL)), trained_bounds(spec))
+        text = json.dumps(
+            data_record(spec.name, numbers, trained_bounds(spec), tiny), indent=1, allow_nan=False
+        )
+        written.append(write_text_atomic(text + "\n", folder / f"{spec.name}.json"))
+    return written
+
+
+def read_data(path: str | os.PathLike) -> dict:
+    """A figure's data record (:func:`data_record`), its arrays as numpy arrays."""
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    if record.get("format") != DATA_FORMAT:
+        raise ValueError(f"{path}: format must be {DATA_FORMAT!r}, got {record.get('format')!r}")
+
+    def array(value):
+        arr = np.asarray(value)
+        return np.array(value, dtype=np.float64) if arr.dtype == object else arr  # null is NaN
+
+    record["data"] = {key: array(value) for key, value in record["data"].items()}
+    return record
+
+
+def compare_data(fresh: dict, record: dict) -> list[str]:
+    """Differences between freshly published numbers and a committed record, beyond tolerance.
+
+    An exact value agrees when ``|a − b| <= EXACT_ATOL + |b|·10^(1 − EXACT_DIGITS)`` (the identity
+    tolerance plus one rounding step); a trained one when ``|a − b| <= 2·bound + |b|·10^(1 −
+    TRAINED_DIGITS)``: each side is within its certified bound of the optimum's value (or was set
+    to 0 for being at most the bound), plus one rounding step. Integers must be equal. Returns
+    messages, one per disagreeing key (empty: the data reproduce).
+    """
+    bounds = record["trained"]["bounds"]
+    committed = record["data"]
+    problems = []
+    if sorted(fresh) != sorted(committed):
+        problems.append(f"keys differ: fresh {sorted(fresh)} vs committed {sorted(committed)}")
+    for key in sorted(set(fresh) & set(committed)):
+        a, b = np.asarray(fresh[key]), np.asarray(committed[key])
+        if a.shape != b.shape:
+            problems.append(f"{key}: shape {a.shape} vs committed {b.shape}")
+            continue
+        if a.dtype.kind != "f" and b.dtype.kind != "f":
+            if not np.array_equal(a, b):
+                problems.append(f"{key}: {a.tolist()} vs committed {b.tolist()}")
+            continue
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        if key in bounds:
+            tol = 2.0 * bounds[key] + np.abs(b) * 10.0 ** (1 - TRAINED_DIGITS)
+        else:
+            tol = EXACT_ATOL + np.abs(b) * 10.0 ** (1 - EXACT_DIGITS)
+        both_nan = np.isnan(a) & np.isnan(b)
+        err = np.where(both_nan, 0.0, np.abs(a - b))
+        if not np.all(err <= tol):
+            worst = int(np.argmax(err - tol))
+            problems.append(
+                f"{key}: |fresh − committed| = {err.ravel()[worst]:.2e} > {np.ravel(tol)[worst]:.2e} at {worst}"
+            )
+    return problems
+
+
 def main_for(name: str, out_dir: str | os.PathLike | None = None) -> list[Path]:
     """The ``main()`` of one figure module: write that figure alone."""
     return make_all(out_dir=out_dir, only=[name])
@@ -337,12 +411,15 @@ __all__ = [
     "FIGURES",
     "FigureSpec",
     "build",
+    "compare_data",
     "data_record",
     "main_for",
     "make_all",
     "publish",
+    "read_data",
     "save_figure",
     "trained_bounds",
     "write_atomic",
+    "write_data",
     "write_text_atomic",
 ]
