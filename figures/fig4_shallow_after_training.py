@@ -26,6 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.patches import Patch
 
 import toysim
 from toysim._optimize import Objective, certify_values
@@ -171,9 +172,7 @@ def plot(numbers: dict[str, np.ndarray]):
         )
         eq = numbers[f"{family}_equilibrium"]
         ax.plot(x[eq > 0], eq[eq > 0], "_", color="black", ms=6, mew=1.0)
-    ax.bar(
-        [],
-        [],
+    bound_key = Patch(
         facecolor="none",
         edgecolor=_style.HORIZON_COLOR,
         hatch="////",
@@ -181,13 +180,14 @@ def plot(numbers: dict[str, np.ndarray]):
         label=rf"$\leq 10^{{{round(np.log10(CERTIFIED_TOL))}}}$ (certified bound)",
     )
     ax.plot([], [], "_", color="black", ms=6, mew=1.0, label=r"tilt $\pi^*$")
+    handles, _ = ax.get_legend_handles_labels()
     ax.set_yscale("log")
     ax.set_ylim(low, values.max() * 5.0)
     _style.mark_horizon(ax, k, label=r"$k$")
     _style.integer_positions(ax, horizon)
     ax.set_xlabel(_style.SYMBOL["t"])
     ax.set_ylabel(r"$D_t = $ KL to $\pi_0$ (nats)")
-    ax.legend(loc="lower left", handlelength=1.0, fontsize=6)
+    ax.legend(handles=[*handles, bound_key], loc="center right", handlelength=1.2, fontsize=6)
     _style.panel_label(ax, rf"per-position KL after training ($\lambda = {float(numbers['lam']):g}$)")
     return fig
 

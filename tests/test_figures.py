@@ -294,3 +294,16 @@ def test_cli_unwritable_folder(tmp_path, capsys):
     assert err.count("\n") == 1 and "--out" in err, err
     assert main(["figures", "--tiny", "--out", str(blocker)]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_text_uses_matplotlib_bundled_font():
+    """Fonts come from matplotlib's own (pinned) data, never from the system: a system DejaVu of
+    another version would change the PDF's embedded font subset."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    from figures import _style
+
+    _style.apply()
+    path = font_manager.findfont(font_manager.FontProperties(family=_style.RC["font.family"]))
+    assert os.path.realpath(path).startswith(os.path.realpath(matplotlib.get_data_path())), path
