@@ -387,12 +387,13 @@ def compare_data(fresh: dict, record: dict) -> list[str]:
                 problems.append(f"{key}: {a.tolist()} vs committed {b.tolist()}")
             continue
         a, b = a.astype(np.float64), b.astype(np.float64)
+        size = np.abs(np.where(np.isnan(b), 0.0, b))
         if key in bounds:
-            tol = 2.0 * bounds[key] + np.abs(b) * 10.0 ** (1 - TRAINED_DIGITS)
+            tol = 2.0 * bounds[key] + size * 10.0 ** (1 - TRAINED_DIGITS)
         else:
-            tol = EXACT_ATOL + np.abs(b) * 10.0 ** (1 - EXACT_DIGITS)
+            tol = EXACT_ATOL + size * 10.0 ** (1 - EXACT_DIGITS)
         both_nan = np.isnan(a) & np.isnan(b)
-        err = np.where(both_nan, 0.0, np.abs(a - b))
+        err = np.where(both_nan, 0.0, np.abs(a - b))  # NaN on one side only: err NaN, fails
         if not np.all(err <= tol):
             worst = int(np.argmax(err - tol))
             problems.append(
