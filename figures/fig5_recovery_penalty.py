@@ -11,11 +11,11 @@ policy ``π_0`` with Gaussian logits, a deadline harm (token ``V−1`` within th
 positions), recovery set ``R = {0}``, ``Q = π_0`` conditioned on harm, ``λ = 1``, ``μ = 3``,
 ``γ = 0.6``. The standard optimum is the closed-form tilt ``π* ∝ π_0 e^{−λh}``. The deep optimum is
 the minimiser of the *separable* objective (``toysim._recovery.separable_objective``, trained by
-L-BFGS with ``train_deep``), the one for which the Gibbs form [Thm 20] is exact past the horizon;
+the certified Newton optimizer of ``train_deep``), the one for which the Gibbs form [Thm 20] is exact past the horizon;
 its KL term weights prefixes by ``Q`` rather than by ``π_θ``, so before the horizon it moves the
 policy further from ``π_0`` than the tilt does. The joint ``L_deep`` optimum is not drawn: it
 saturates (recovery pushed to 1 after harmful prefixes whose probability it drives to ~0; see
-``proofs_check/gibbs_form.py``) and would cost a second L-BFGS compilation.
+``proofs_check/gibbs_form.py``) and would cost a second compilation.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 
 import toysim
 from toysim import _recovery as rc
+from toysim._optimize import Objective, certify_values
 
 from . import _style
 
@@ -40,8 +41,16 @@ LAM = 1.0
 MU = 3.0
 GAMMA = 0.6
 RECOVERY = (0,)
-# L-BFGS steps for the separable optimum (1 ms each once compiled; measured ‖∇L‖ ~1e-8 at the end).
+# Maximal Newton steps for the separable optimum (it stops at ‖∇L‖ <= GRAD_TOL, ~10 steps).
 STEPS = 300
+GRAD_TOL = 1e-13
+# The stated bound on |v(θ) − v(θ*)| of every drawn number of the trained deep optimum (its D_t,
+# attack success and recovery probabilities): each run's local certificate
+# (toysim._optimize.certify_values) must be below it; values at or below it are drawn as bounds.
+CERTIFIED_TOL = 1e-11
+# float64 rounding of a per-position KL or a probability summed over a few hundred prefixes.
+ROUNDING = 1e-15
+TRAINED = {"kl_deep": CERTIFIED_TOL, "gibbs_gap_past_horizon": CERTIFIED_TOL}
 
 
 class DeepInstance(NamedTuple):
@@ -49,8 +58,19 @@ class DeepInstance(NamedTuple):
 
     k: int
     p_min: float
-    deep_grad_norm: float
     numbers: dict[str, np.ndarray]
+    bounds: dict[str, float]
+
+
+def _deep_values(logits, base, spec):
+    """The trained numbers of figures 5 and 6 as one flat vector of the deep optimum's logits:
+    ``D_t`` (T), attack success (T), then ``π(R|p)`` at every prefix, level by level."""
+    levels = toysim.levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in logits))
+    inside, _ = rc.log_recovery_probability(levels, spec.mask)
+    return jnp.concatenate(
+        [toysim.kl_by_position(levels, base), rc.attack_success(levels, spec)]
+        + [jnp.ravel(jnp.exp(x)) for x in inside]
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -95,7 +115,7 @@ def _measures(policy, params, base, h, spec, standard, deep):
 def deep_instance(vocab_size: int, horizon: int, deadline: int) -> DeepInstance:
     """The shared instance, its standard (tilt) and deep (separable, trained) optima, and numbers.
 
-    Cached: the L-BFGS step compiles once per shape, and figures 5 and 6 read the same optimum.
+    Cached: the Newton step compiles once per shape, and figures 5 and 6 read the same optimum.
     Per-prefix quantities are reduced here to per-position ones: ``min_recovery_<policy> (T,)`` =
     ``min π(R|p)`` over prefixes of length ``t − 1`` with ``Q(p) > 0``; ``gibbs_gap_past_horizon``
     = ``max |π_deep(R|p) − σ(logit π_0(R|p) + μγ^{t−1})|`` over such prefixes that are determined.
@@ -107,7 +127,28 @@ def deep_instance(vocab_size: int, horizon: int, deadline: int) -> DeepInstance:
     )
     params, base, q, standard, masks, k = _setup(policy, jax.random.key(POLICY_SEED), h)
     spec = rc.recovery_spec(vocab_size, RECOVERY, [np.asarray(x) for x in q], mu=MU, gamma=GAMMA)
-    deep, result = rc.train_deep(base, h, LAM, spec, objective="separable", steps=STEPS)
+    deep, result = rc.train_deep(base, h, LAM, spec, objective="separable", steps=STEPS, tol=GRAD_TOL)
+    if not result.certificate.converged:
+        raise ValueError(f"{NAME}: the deep optimum is not certified: {result.certificate.message()}")
+    _, bound = certify_values(
+        Objective(rc.separable_objective),
+        result.params,
+        Objective(_deep_values),
+        args=(base, h, jnp.float64(LAM), spec),
+        value_args=(base, spec),
+        gauge=Objective(rc._all_log_softmax),
+        rounding=ROUNDING,
+    )
+    # per-prefix recovery bounds; a min over prefixes moves by at most the largest of them
+    bounds = {
+        "kl_deep": float(np.max(bound[:horizon])),
+        "attack_deep": float(np.max(bound[horizon : 2 * horizon])),
+    }
+    bounds["recovery_deep"] = float(np.max(bound[2 * horizon :]))
+    if not max(bounds.values()) <= CERTIFIED_TOL:
+        raise ValueError(
+            f"{NAME}: the deep optimum's numbers are certified only to {bounds} > {CERTIFIED_TOL:g}"
+        )
     raw = jax.tree_util.tree_map(np.asarray, _measures(policy, params, base, h, spec, standard, deep))
     where = [x > 0 for x in spec.q_prefix]
     past = [w & np.asarray(m) for w, m in zip(where, masks[:-1])]
@@ -120,8 +161,8 @@ def deep_instance(vocab_size: int, horizon: int, deadline: int) -> DeepInstance:
     return DeepInstance(
         k=int(k),
         p_min=float(min(p.min() for p in raw["recovery_prob_base"])),
-        deep_grad_norm=float(result.grad_norms[-1]),
         numbers=numbers,
+        bounds=bounds,
     )
 
 
@@ -135,15 +176,14 @@ def data(vocab_size: int, horizon: int, deadline: int) -> dict[str, np.ndarray]:
       recovery gradient ``μγ^{t−1}‖E_Q[∇π_θ(R|y_<t)]‖``; ``kl_standard (T,)`` and ``kl_deep (T,)``
       = ``D_t`` of the tilt and of the separable deep optimum; ``gibbs_gap_past_horizon`` =
       ``max |π_deep(R|p) − σ(logit π_0(R|p) + μγ^{t−1})|`` over determined prefixes with
-      ``Q(p) > 0``; ``deep_grad_norm`` the trained optimum's final ``‖∇L‖``; ``k``, ``lam``,
-      ``mu``, ``gamma``.
+      ``Q(p) > 0``; ``k``, ``lam``, ``mu``, ``gamma``. The deep optimum's numbers are certified to
+      :data:`CERTIFIED_TOL` (``deep_instance`` refuses otherwise).
     """
     inst = deep_instance(vocab_size, horizon, deadline)
     keys = ("plain", "deep", "recovery", "kl_standard", "kl_deep", "gibbs_gap_past_horizon")
     return {
         "positions": np.arange(1, horizon + 1),
         **{key: inst.numbers[key] for key in keys},
-        "deep_grad_norm": np.asarray(inst.deep_grad_norm),
         "k": np.asarray(inst.k),
         "lam": np.asarray(LAM),
         "mu": np.asarray(MU),

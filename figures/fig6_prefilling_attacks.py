@@ -27,11 +27,13 @@ import numpy as np
 from toysim import _recovery as rc
 
 from . import _style
-from .fig5_recovery_penalty import GAMMA, MU, deep_instance
+from .fig5_recovery_penalty import CERTIFIED_TOL, GAMMA, MU, deep_instance
 
 NAME = "fig6_prefilling_attacks"
 FULL = {"vocab_size": 3, "horizon": 5, "deadline": 2, "delta": 0.05}
 TINY = {"vocab_size": 2, "horizon": 3, "deadline": 1, "delta": 0.2}
+# the deep optimum's curves are trained numbers, certified to CERTIFIED_TOL (figure 5's instance)
+TRAINED = {"attack_deep": CERTIFIED_TOL, "min_recovery_deep": CERTIFIED_TOL}
 CURVES = (
     ("base", r"base $\pi_0$", _style.OKABE_ITO["black"], "o"),
     ("standard", r"standard (tilt $\pi^*$)", _style.OKABE_ITO["blue"], "s"),

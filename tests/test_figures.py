@@ -163,7 +163,7 @@ def test_rerun_gives_byte_identical_files(tmp_path, tiny_data):
     first = figures.make_all(out_dir=tmp_path / "a", only=REPRODUCED, tiny=True, progress=False)
     second = figures.make_all(out_dir=tmp_path / "b", only=REPRODUCED, tiny=True, progress=False)
     assert [p.name for p in first] == [p.name for p in second]
-    assert len(first) == 2 * len(REPRODUCED)
+    assert len(first) == 3 * len(REPRODUCED)  # PNG, PDF and the data (JSON) of each
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), f"{a.name} differs between runs"
     pdf = (tmp_path / "a" / "fig8_prefix_tree.pdf").read_bytes()
@@ -210,6 +210,55 @@ def test_failed_write_midway_leaves_the_old_file(tmp_path):
     assert os.listdir(tmp_path) == ["x.png"]
 
 
+# --- the numbers behind the figures reproduce -------------------------------------------------
+
+TINY_DATA = figures.DEFAULT_OUT_DIR / "tiny"
+
+
+def test_tiny_data_match_the_committed_data(tiny_data):
+    """Fresh tiny-size data agree with figures/output/tiny/*.json at the stated tolerances."""
+    for name, numbers in tiny_data.items():
+        record = figures.read_data(TINY_DATA / f"{name}.json")
+        assert record["size"] == "tiny"
+        assert figures.compare_data(numbers, record) == [], name
+
+
+@pytest.mark.parametrize("name", ["fig3_kl_tracks_information", "fig8_prefix_tree"])
+def test_full_data_match_the_committed_data(name):
+    """Fresh full-size data agree with the committed figures/output/<name>.json (exact numbers)."""
+    spec = next(s for s in figures.FIGURES if s.name == name)
+    module = _module(name)
+    numbers = figures.publish(module.data(**module.FULL), figures.trained_bounds(spec))
+    record = figures.read_data(figures.DEFAULT_OUT_DIR / f"{name}.json")
+    assert record["size"] == "full" and figures.compare_data(numbers, record) == []
+
+
+def test_compare_data_detects_a_changed_number(tiny_data):
+    name = "fig3_kl_tracks_information"
+    record = figures.read_data(TINY_DATA / f"{name}.json")
+    numbers = dict(tiny_data[name])
+    key = next(k for k, v in numbers.items() if v.dtype.kind == "f" and np.any(np.abs(v) > 1e-3))
+    numbers[key] = numbers[key] * (1 + 1e-8)  # a relative change far above the 1e-12 rounding
+    assert any(p.startswith(key) for p in figures.compare_data(numbers, record))
+    assert figures.compare_data({**numbers, "extra": np.zeros(1)}, record)
+
+
+def test_publish_removes_residue():
+    """Values that differ only by rounding or optimiser residue publish to the same numbers."""
+    rng = np.random.default_rng(0)
+    exact = rng.random(50)
+    trained = np.concatenate([rng.random(20), rng.normal(size=5) * 1e-13])
+    bounds = {"trained": 1e-11}
+    a = figures.publish({"exact": exact, "trained": trained}, bounds)
+    b = figures.publish({"exact": exact * (1 + 1e-15), "trained": trained + 1e-15}, bounds)
+    assert np.array_equal(a["exact"], b["exact"]) and np.array_equal(a["trained"], b["trained"])
+    assert np.all(a["trained"][20:] == 0.0)  # at or below the certified bound: 0 ("≤ bound")
+    assert (
+        np.max(np.abs(a["exact"] - exact)) <= 1e-12
+        and np.max(np.abs(a["trained"][:20] - trained[:20])) < 1e-3
+    )
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 
@@ -219,6 +268,7 @@ def test_cli_writes_figures_with_progress(tmp_path, capsys, tiny_data):
     assert captured.out.split() == [
         str(tmp_path / "fig8_prefix_tree.png"),
         str(tmp_path / "fig8_prefix_tree.pdf"),
+        str(tmp_path / "fig8_prefix_tree.json"),
     ]
     assert captured.err.count("\n") == 1 and "fig8_prefix_tree" in captured.err
 
@@ -244,3 +294,16 @@ def test_cli_unwritable_folder(tmp_path, capsys):
     assert err.count("\n") == 1 and "--out" in err, err
     assert main(["figures", "--tiny", "--out", str(blocker)]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_text_uses_matplotlib_bundled_font():
+    """Fonts come from matplotlib's own (pinned) data, never from the system: a system DejaVu of
+    another version would change the PDF's embedded font subset."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    from figures import _style
+
+    _style.apply()
+    path = font_manager.findfont(font_manager.FontProperties(family=_style.RC["font.family"]))
+    assert os.path.realpath(path).startswith(os.path.realpath(matplotlib.get_data_path())), path

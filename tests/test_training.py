@@ -20,6 +20,7 @@ from proofs_check.strategies import small_instances
 from tests import reference
 from tests.tolerances import IDENTITY, assert_close
 from toysim._cli import main
+from toysim._optimize import Objective, certify, minimize
 from toysim._training import alignment_loss, second_order_ratio, spillover_by_position, train_alignment
 
 
@@ -102,6 +103,8 @@ def test_training_is_deterministic_and_records_trajectory():
     assert runs[0].losses == runs[1].losses
     assert np.all(runs[0].kl_by_position[0] == 0)  # starts at π_0
     assert runs[0].losses[-1] < runs[0].losses[0]
+    # two SGD steps do not converge, and the certificate says so
+    assert not runs[0].certificate.converged and "‖∇L‖" in runs[0].certificate.reason
 
 
 # few examples: each sweeps λ over the tilt; `toysim check` runs the same check on more inputs
@@ -172,10 +175,14 @@ def _run(tmp_path, capsys, args, instance=MARKOV):
 
 
 def test_cli_train_markov_reports_spillover(tmp_path, capsys):
-    code, out, err = _run(tmp_path, capsys, ["train", "--steps", "40", "--record-every", "20"])
-    assert code == 0, err
+    code, out, err = _run(tmp_path, capsys, ["train", "--steps", "40", "--record-every", "2"])
+    assert code == 0 and err == "", err
     rep = json.loads(out)
-    assert rep["uniform_horizon"] == 2 and [s["step"] for s in rep["trajectory"]] == [0, 20, 40]
+    steps = [s["step"] for s in rep["trajectory"]]
+    # Newton stops at ‖∇L‖ <= 1e-13 (a few steps); recorded every 2 steps and at the last
+    assert rep["uniform_horizon"] == 2 and steps[0] == 0 and all(s % 2 == 0 for s in steps[:-1])
+    assert steps[-1] == rep["certificate"]["steps"] < 40
+    assert rep["converged"] and rep["certificate"]["min_curvature"] > 0
     assert rep["final_gradient_norm"] < 1e-10 and rep["final_loss"] >= rep["equilibrium_loss"]
     # App. A finding on this instance: the tied transition rows move position 3 (beyond k = 2)
     assert rep["spillover_beyond_horizon"] > 1e-3
@@ -188,7 +195,8 @@ def test_cli_train_markov_reports_spillover(tmp_path, capsys):
         (["train", "--lambda", "0"], "--lambda"),
         (["train", "--lambda", "-2"], "--lambda"),
         (["train", "--steps", "0"], "--steps"),
-        (["train", "--optimizer", "newton"], "--optimizer"),
+        (["train", "--optimizer", "bfgs"], "--optimizer"),
+        (["train", "--tol", "0"], "--tol"),
         (["train", "--learning-rate", "-1"], "--learning-rate"),
         (["train", "--record-every", "-1"], "--record-every"),
         (["train", "--optimizer", "adam", "--learning-rate", "1e308", "--steps", "3"], "diverged"),
@@ -205,3 +213,116 @@ def test_cli_train_bad_instance(tmp_path, capsys):
     bad["lambda"] = 0
     code, _, err = _run(tmp_path, capsys, ["train"], instance=bad)
     assert code == 2 and err.count("\n") == 1 and "lambda" in err
+
+
+# --------------------------------------------------------------------------- certification
+
+# The instance of issue 16 on which the former default (optax L-BFGS) stalled at KL(π‖π*) = 0.091
+SEED5 = {
+    "format": "toysim.instance/1",
+    "vocab_size": 2,
+    "horizon": 2,
+    "lambda": 4.0,
+    "policy": {
+        "kind": "tabular",
+        "logits": [
+            [0.1396568278519496, -0.6626519405194804],
+            [-0.3521848478046701, 0.25203133544427503],
+            [-0.2968141725506701, -0.45128456992259963],
+        ],
+    },
+    "harm": {"kind": "table", "values": [1, 1, 1, 0]},
+}
+
+
+def test_seed5_instance_converges_to_the_tilt(tmp_path, capsys):
+    code, out, err = _run(tmp_path, capsys, ["train"], instance=SEED5)
+    assert code == 0 and err == "", err
+    rep = json.loads(out)
+    cert = rep["certificate"]
+    assert rep["converged"] and cert["grad_norm"] <= 1e-8 and cert["min_curvature"] > 0
+    # the reference is the closed-form tilt, not the optimiser: L − L* = KL(π‖π*) exactly
+    assert abs(rep["kl_to_equilibrium"]) < 1e-12 and abs(cert["loss_gap"]) < 1e-12
+    assert_close(rep["kl_by_position"], rep["equilibrium_kl_by_position"], 1e-12, what="KL_t vs D_t")
+    assert cert["loss_gap_bound"] < 1e-12
+    # spillover is not a finding for a tabular policy
+    assert rep["spillover_by_position"] is None and "tabular" in rep["spillover_note"]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--optimizer", "sgd", "--learning-rate", "1e6"], "did not converge"),
+        (["--steps", "1"], "after 1 steps"),
+    ],
+)
+def test_cli_train_not_converged_exits_1_with_one_line(tmp_path, capsys, args, words):
+    code, out, err = _run(tmp_path, capsys, ["train", *args], instance=SEED5)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("toysim: did not converge: ") and words in err, err
+    rep = json.loads(out)  # the JSON is still printed, with the certificate
+    assert rep["converged"] is False and rep["certificate"]["reason"] in err
+    assert rep["kl_to_equilibrium"] > 1e-8  # it really is away from the tilt
+
+
+def test_certificate_paths():
+    quad = Objective(_quadratic)
+    # converged: exact curvature 2, distance and gap bounds from the gradient
+    res = minimize(quad, jnp.array([1.0, -2.0]), steps=20, progress=False)
+    c = res.certificate
+    assert c.converged and c.min_curvature == pytest.approx(2.0) and c.distance_bound <= 1e-14
+    # a loss that ends above its start is never a success (SGD overshooting: x -> -2x)
+    bad = minimize(quad, jnp.array([1.0, -2.0]), optimizer="sgd", learning_rate=1.5, steps=3, progress=False)
+    assert not bad.certificate.converged and "above the start" in bad.certificate.reason
+    # a saddle point has zero gradient but is not a minimum
+    saddle = certify(Objective(_saddle), jnp.zeros(2))
+    assert saddle.grad_norm == 0.0 and not saddle.converged and "not a minimum" in saddle.reason
+    # the softmax gauge: a row of logits shifted by a constant changes nothing, so the curvature is
+    # measured off that direction (one gauge dimension), and it is positive there
+    z = jnp.log(jnp.array([0.2, 0.3, 0.5]))
+    gauge = certify(Objective(_row_kl), z + 1.7, gauge=Objective(_log_softmax))
+    assert gauge.converged and gauge.gauge_dims == 1 and gauge.min_curvature > 0.1
+    assert gauge.message().startswith("converged")
+    assert saddle.message().startswith("did not converge: ") and "try --steps" in saddle.message()
+
+
+def _quadratic(x):
+    return jnp.sum((x - 3.0) ** 2)
+
+
+def _saddle(x):
+    return x[0] ** 2 - x[1] ** 2
+
+
+def _log_softmax(z):
+    return jax.nn.log_softmax(z)
+
+
+def _row_kl(z):
+    q = jnp.array([0.2, 0.3, 0.5])
+    p = jax.nn.softmax(z)
+    return jnp.sum(p * (jnp.log(p) - jnp.log(q)))
+
+
+DEEP = {
+    "format": "toysim.instance/1",
+    "vocab_size": 2,
+    "horizon": 2,
+    "lambda": 1.0,
+    "policy": {"kind": "tabular", "logits": [[0.1, -0.3], [0.2, 0.0], [-1.0, 0.5]]},
+    "harm": {"kind": "table", "values": [0.0, 0.0, 1.0, 1.0]},
+}
+
+
+def test_cli_deep_certifies_both_optima_and_exits_1_when_one_fails(tmp_path, capsys):
+    path = tmp_path / "deep.json"
+    path.write_text(json.dumps(DEEP))
+    argv = ["deep", str(path), "--recovery", "0", "--mu", "1", "--gamma", "0.5", "--engine", "enumerate"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    certs = json.loads(out)["certificates"]
+    assert err == "" and certs["separable"]["converged"] and certs["joint"]["converged"]
+    assert main([*argv, "--steps", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("toysim: did not converge: ") and "after 1 steps" in err
+    assert json.loads(out)["certificates"]["separable"]["converged"] is False

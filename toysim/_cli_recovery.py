@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from ._cli import write_json
 
 
@@ -60,6 +62,18 @@ def _cmd_deep(args) -> int:
             **deep_report(instance, _tokens(args.recovery), steps=args.steps, **common),
         }
     write_json(report, args.compact)
+    # the enumeration engine trains two optima: a run that cannot certify itself is exit code 1
+    failed = [
+        f"{name} optimum: {cert['reason']} after {cert['steps']} steps"
+        for name, cert in report.get("certificates", {}).items()
+        if not cert["converged"]
+    ]
+    if failed:
+        print(
+            f"toysim: did not converge: {'; '.join(failed)} (try --steps)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -402,6 +402,11 @@ def separable_objective(
     return value
 
 
+def _all_log_softmax(params: tuple[Array, ...]) -> Array:
+    """Every ``log π(v|p)`` of tabular logits: the gauge map of :func:`train_deep`'s certificate."""
+    return jnp.concatenate([jnp.ravel(jax.nn.log_softmax(z, axis=-1)) for z in params])
+
+
 def train_deep(
     base: Levels,
     h: Float[Array, " leaves"],
@@ -410,16 +415,20 @@ def train_deep(
     *,
     objective: str = "joint",
     steps: int = 300,
-    optimizer: str = "lbfgs",
+    optimizer: str = "auto",
     callback: Callable | None = None,
     tol: float = 0.0,
 ) -> tuple[Levels, OptimizeResult]:
     """Minimise ``L_deep`` (``"joint"``) or the separable objective over tabular policies.
 
     Training starts at ``π_0`` (tabular logits ``log π_0(·|p)``) and uses
-    :func:`toysim._optimize.minimize`.
+    :func:`toysim._optimize.minimize` (default ``"auto"``: damped Newton up to 2000 parameters,
+    else L-BFGS). The record carries a :class:`toysim.Certificate` whose gauge is the softmax
+    shift of each row (and, for the separable objective, the rows of prefixes with ``Q(p) = 0``
+    that it does not see, cut as flat directions).
 
     Args:
+      optimizer: ``"auto"``, ``"newton"``, ``"lbfgs"``, ``"adam"`` or ``"sgd"``.
       tol: if ``> 0``, stop at the first step with ``‖∇L‖₂ <= tol`` (the gradient is then recorded,
         and ``callback`` called, at every step). Once L-BFGS has reached a rounding-level
         gradient, further steps use curvature pairs made of rounding noise and can move logits
@@ -449,6 +458,7 @@ def train_deep(
         callback=callback,
         progress=False,
         tol=tol,
+        gauge=Objective(_all_log_softmax),
     )
     levels = levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in result.params))
     return levels, result
@@ -740,8 +750,8 @@ def deep_report(
     )
 
     plain = covariance_gradient(policy, params, base, harm_martingale(base, h))
-    separable, _ = train_deep(base, h, lam, spec, objective="separable", steps=steps)
-    joint, _ = train_deep(base, h, lam, spec, objective="joint", steps=steps)
+    separable, separable_run = train_deep(base, h, lam, spec, objective="separable", steps=steps)
+    joint, joint_run = train_deep(base, h, lam, spec, objective="joint", steps=steps)
     standard = standard_optimum(base, h, lam)
     inside, _ = log_recovery_probability(separable, spec.mask)
     where = [np.asarray(x) > 0 for x in spec.q_prefix]
@@ -761,6 +771,10 @@ def deep_report(
             "recovery_autodiff": _norms(
                 gradient_by_position(policy, params, base, h, lam, spec, terms="recovery")
             ),
+        },
+        "certificates": {
+            "separable": separable_run.certificate.to_dict(),
+            "joint": joint_run.certificate.to_dict(),
         },
         "gibbs_gap": {
             "separable_past_horizon": gibbs_gap(separable, base, spec, where=masks[:-1]),

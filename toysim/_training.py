@@ -26,7 +26,8 @@ from ._equilibrium import kl_by_position, sequence_kl, tilt
 from ._gradient import covariance_gradient, tree_sq_norm
 from ._horizon import determined_masks, uniform_horizon
 from ._martingale import harm_martingale
-from ._optimize import Objective, minimize
+from ._optimize import CERTIFY_TOL, Certificate, Objective, minimize
+from ._policies import TabularPolicy
 
 PyTree = Any
 
@@ -81,6 +82,8 @@ class TrainingResult(NamedTuple):
       kl_by_position: ``(recorded, T)`` array, per-position KL of ``π_θ`` to ``π_0``.
       gradient_norm_by_position: ``(recorded, T)`` array, ``‖G_t‖₂`` of ``E_{π_θ}[h]`` in
         covariance form at each recorded step.
+      certificate: the :class:`toysim.Certificate` of the final parameters; for a tabular policy
+        its ``loss_gap`` is the exact ``L − L* = KL(π_θ ‖ π*)``.
     """
 
     params: PyTree
@@ -89,6 +92,18 @@ class TrainingResult(NamedTuple):
     grad_norms: list[float]
     kl_by_position: np.ndarray
     gradient_norm_by_position: np.ndarray
+    certificate: Certificate | None = None
+
+
+def policy_log_probs(policy: Any, params: PyTree) -> Array:
+    """Every ``log π(v|p)`` of the prefix tree, concatenated: the map whose Jacobian's null space is
+    the gauge of ``params`` (moves that leave the policy unchanged), used by the certificate."""
+    return jnp.concatenate([jnp.ravel(x) for x in forward(policy, params).log_cond])
+
+
+@functools.partial(jax.jit, static_argnames=("policy",))
+def _kl_to_tilt(policy: Any, params: PyTree, base_levels: Levels, h: Array, lam: Array) -> Array:
+    return sequence_kl(forward(policy, params), tilt(base_levels, h, lam).levels)
 
 
 @functools.partial(jax.jit, static_argnames=("policy",))
@@ -107,14 +122,20 @@ def train_alignment(
     h: Float[Array, " leaves"],
     lam: float,
     *,
-    optimizer: str = "lbfgs",
+    optimizer: str = "auto",
     steps: int = 200,
     learning_rate: float | None = None,
     record_every: int = 0,
     progress: bool | None = None,
-    tol: float = 0.0,
+    tol: float = 1e-13,
+    certify_tol: float = CERTIFY_TOL,
 ) -> TrainingResult:
-    """Minimise the exact ``L(θ) = λ E[h] + KL(π_θ ‖ π_0)`` by full-batch optax steps (§7).
+    """Minimise the exact ``L(θ) = λ E[h] + KL(π_θ ‖ π_0)`` by full-batch steps and certify (§7).
+
+    The result carries a :class:`toysim.Certificate`: ``‖∇L‖``, the local bound ``‖θ − θ*‖ ≲
+    ‖∇L‖/μ_min`` (``μ_min`` the Hessian's smallest curvature off the softmax gauge) and, for a
+    tabular policy, the exact gap ``L − L* = KL(π_θ ‖ π*)`` (the tilt is the optimum over all
+    policies, and a tabular policy can represent every policy).
 
     Args:
       policy: the policy object (tabular, Markov or MLP); ``π_0`` is the same family.
@@ -123,12 +144,15 @@ def train_alignment(
       base_params: parameters of ``π_0``.
       h: leaf harms ``(V**T,)``.
       lam: ``λ > 0``.
-      optimizer: ``"lbfgs"`` (default), ``"adam"`` or ``"sgd"``.
-      steps: number of optimizer steps, ``>= 1``.
+      optimizer: ``"auto"`` (default: damped Newton on these small problems, see
+        :func:`toysim.minimize`), ``"newton"``, ``"lbfgs"``, ``"adam"`` or ``"sgd"``.
+      steps: maximal number of optimizer steps, ``>= 1``.
       learning_rate: step size (``None``: the optimizer's default).
       record_every: record every this many steps (``0``: first and last only).
       progress: progress bar on stderr (default: when stderr is a terminal).
-      tol: stop early once ``‖∇L‖₂ <= tol`` at a recorded step (``0``: run every step).
+      tol: stop early once ``‖∇L‖₂ <= tol`` at a recorded step (``0``: run every step). The default
+        1e-13 is near rounding for these O(1) objectives; Newton gets there in tens of steps.
+      certify_tol: ``‖∇L‖`` below which the certificate calls the run converged.
 
     Returns:
       :class:`TrainingResult`. Deterministic: no sampling anywhere.
@@ -140,8 +164,8 @@ def train_alignment(
       >>> policy = TabularPolicy(2, 2)
       >>> base = policy.init(jax.random.key(0))
       >>> res = train_alignment(policy, None, base, jnp.array([0.0, 0.0, 1.0, 1.0]), 1.0, steps=50)
-      >>> res.kl_by_position.shape
-      (2, 2)
+      >>> res.kl_by_position.shape[1], res.certificate.converged
+      (2, True)
     """
     lam = _check_lambda(lam)
     h = jnp.asarray(h)
@@ -149,6 +173,10 @@ def train_alignment(
     params = base_params if params0 is None else jax.tree_util.tree_map(jnp.asarray, params0)
     base_levels = forward(policy, base_params)
     kls, gnorms = [], []
+
+    def gap(theta):
+        # L − L* = KL(π_θ ‖ π*) exactly: the tilt is the optimum over all policies, all tabular
+        return float(_kl_to_tilt(policy, theta, base_levels, h, jnp.float64(lam)))
 
     def callback(step, theta):
         kl, g = _snapshot(policy, theta, base_levels, h)
@@ -166,8 +194,13 @@ def train_alignment(
         callback=callback,
         progress=progress,
         tol=tol,
+        gauge=Objective(policy_log_probs, (policy,)),
+        certify_tol=certify_tol,
+        loss_gap=gap if isinstance(policy, TabularPolicy) else None,
     )
-    return TrainingResult(res.params, res.steps, res.losses, res.grad_norms, np.stack(kls), np.stack(gnorms))
+    return TrainingResult(
+        res.params, res.steps, res.losses, res.grad_norms, np.stack(kls), np.stack(gnorms), res.certificate
+    )
 
 
 def spillover_by_position(
@@ -204,9 +237,10 @@ def training_report(
     """JSON-ready summary of a training run against the closed-form equilibrium (§7).
 
     Returns:
-      A dict with the final loss, the equilibrium loss ``−log Z_0``, per-position KL of the trained
-      policy and ``D_t``, ``KL(π_trained ‖ π*)``, the spillover beyond the horizon and the
-      trajectory.
+      A dict with the certificate (``converged``, ``‖∇L‖``, bounds), the start and final loss, the
+      equilibrium loss ``−log Z_0``, per-position KL of the trained policy and ``D_t``,
+      ``KL(π_trained ‖ π*)``, the spillover (shared families only: for a tabular policy it is 0 by
+      theory and reported as ``None`` with a note) and the trajectory.
     """
     h = jnp.asarray(h)
     base = forward(policy, base_params)
@@ -214,18 +248,35 @@ def training_report(
     eq = tilt(base, h, lam)
     masks = determined_masks(h, policy.vocab_size, policy.horizon)
     k = int(uniform_horizon(masks))
-    spill = np.asarray(spillover_by_position(policy, result.params, base_params, h))
     kl_t = result.kl_by_position[-1]
+    if isinstance(policy, TabularPolicy):
+        # untied rows: a determined prefix gets zero gradient of E[h] and the tilt leaves it at π_0
+        # ([Thm 10]), so spillover is exactly 0 by theory; what training leaves there is rounding.
+        spill = {
+            "spillover_by_position": None,
+            "spillover_beyond_horizon": None,
+            "spillover_note": "tabular policy: spillover is exactly 0 by theory (untied rows, Thm 10)",
+        }
+    else:
+        spill = {
+            "spillover_by_position": np.asarray(
+                spillover_by_position(policy, result.params, base_params, h)
+            ).tolist(),
+            "spillover_beyond_horizon": float(np.sum(kl_t[k:])),
+        }
+    certificate = result.certificate
     return {
         "lambda": float(lam),
+        "converged": None if certificate is None else certificate.converged,
+        "certificate": None if certificate is None else certificate.to_dict(),
+        "start_loss": float(result.losses[0]),
         "final_loss": float(result.losses[-1]),
         "equilibrium_loss": float(-eq.log_partition[0][0]),
         "kl_by_position": kl_t.tolist(),
         "equilibrium_kl_by_position": np.asarray(eq.kl_by_position).tolist(),
         "kl_to_equilibrium": float(sequence_kl(trained, eq.levels)),
         "uniform_horizon": k,
-        "spillover_by_position": spill.tolist(),
-        "spillover_beyond_horizon": float(np.sum(kl_t[k:])),
+        **spill,
         "final_gradient_norm": float(result.grad_norms[-1]),
         "trajectory": [
             {
