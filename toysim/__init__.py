@@ -73,8 +73,11 @@ from ._martingale import harm_martingale as harm_martingale
 from ._martingale import harm_variance as harm_variance
 from ._martingale import innovations as innovations
 from ._martingale import martingale_summary as martingale_summary
+from ._optimize import Certificate as Certificate
 from ._optimize import Objective as Objective
 from ._optimize import OptimizeResult as OptimizeResult
+from ._optimize import certify as certify
+from ._optimize import certify_values as certify_values
 from ._optimize import minimize as minimize
 from ._policies import MarkovParams as MarkovParams
 from ._policies import MarkovPolicy as MarkovPolicy
@@ -126,6 +129,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Analysis",
     "AutomatonHarm",
+    "Certificate",
     "DPAnalysis",
     "DPAttack",
     "DPDeep",
@@ -154,6 +158,8 @@ __all__ = [
     "automaton_arrays",
     "automaton_harm",
     "backward",
+    "certify",
+    "certify_values",
     "check_fits",
     "covariance_gradient",
     "covariance_weights",

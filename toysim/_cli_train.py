@@ -126,7 +126,9 @@ def _cmd_sample_vs_exact(args) -> int:
     check_fits(policy.vocab_size, policy.horizon)
     _check_samples_fit(policy.vocab_size, policy.horizon, samples)
     h = jnp.asarray(harm_values(instance.harm, policy.vocab_size, policy.horizon))
-    report = sampling_versus_exact(policy, instance.params, h, samples, seed=args.seed, repeats=args.repeats)
+    report = sampling_versus_exact(
+        policy, instance.params, h, samples, seed=args.seed, repeats=args.repeats, timings=args.timings
+    )
     write_json(report, args.compact)
     return 0
 
@@ -172,5 +174,10 @@ def register(sub) -> None:
     q.add_argument("--samples", default="10,100,1000", help="comma-separated sample sizes, each >= 2")
     q.add_argument("--seed", type=seed_arg, default=0, help="seed of the jax.random keys, in [0, 2**63 - 1]")
     q.add_argument("--repeats", type=int, default=20, help="estimates per sample size")
+    q.add_argument(
+        "--timings",
+        action="store_true",
+        help="also measure wall times (under the key 'timings'; off: reruns are byte-identical)",
+    )
     q.add_argument("--compact", action="store_true", help="print the JSON on one line")
     q.set_defaults(func=_cmd_sample_vs_exact)
