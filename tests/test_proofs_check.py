@@ -249,6 +249,11 @@ def _square_of_sum(policy, params, levels, martingale, t):
     return jnp.sum(jnp.exp(levels.log_cond[t - 1]) * delta, axis=-1) ** 2
 
 
+def _centred_at_mean_harm(martingale):
+    # Δ_t(p·v) = H_t(p·v) − E[h] instead of H_t(p·v) − H_{t−1}(p): the wrong centring
+    return tuple(m.reshape(martingale[t].shape[0], -1) - martingale[0][0] for t, m in enumerate(martingale[1:]))
+
+
 def _tau_off_by_one(masks):
     n = masks[-1].shape[0]
     return sum(jnp.repeat(~m, n // m.shape[0]).astype(jnp.int32) for m in masks[1:])
@@ -262,8 +267,16 @@ def _tau_off_by_one(masks):
         ("fisher_bound_prefix", toysim.MarkovPolicy, "fisher_trace", _uncentred_trace, "markov1"),
         ("fisher_bound_prefix", toysim, "prefix_covariance_sq_norm", _square_of_sum, "markov2"),
         ("horizon_equivalence", toysim, "sequence_horizon", _tau_off_by_one, None),
+        ("covariance_gradient_tabular", toysim._gradient, "innovations", _centred_at_mean_harm, "tabular"),
     ],
-    ids=["tabular-trace", "tabular-trace-position", "markov-trace", "square-of-sum", "tau-off-by-one"],
+    ids=[
+        "tabular-trace",
+        "tabular-trace-position",
+        "markov-trace",
+        "square-of-sum",
+        "tau-off-by-one",
+        "tabular-gradient-centring",
+    ],
 )
 def test_planted_library_bug_is_detected(check_name, target, attribute, replacement, kind, monkeypatch):
     """A realistic bug in the library (not in the quantities) makes the check's residual exceed
@@ -273,6 +286,8 @@ def test_planted_library_bug_is_detected(check_name, target, attribute, replacem
     def wanted(x):
         ok = kind is None or type(x.policy).__name__.lower().startswith(kind.rstrip("12"))
         ok = ok and (kind is None or not kind.startswith("markov") or x.policy.order == int(kind[-1]))
+        # a wrong centring of G_1 is invisible (H(root) = E[h]): the gradient bug needs T ≥ 2
+        ok = ok and (check_name != "covariance_gradient_tabular" or x.policy.horizon >= 2)
         q = check.compute(x)
         return ok and (check.exercised is None or check.exercised(q))
 
