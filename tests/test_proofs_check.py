@@ -391,3 +391,43 @@ def test_every_theorem_check_reports_exercised_inputs(tmp_path):
     assert result.status == "holds" and 0 < result.exercised < result.tried
     plain = run_check(dataclasses.replace(FALSE, compute=lambda x: {"mean": 0.0}), examples=5)
     assert plain.exercised == plain.tried == 5
+
+
+def test_kl_variance_xor_instances_have_undetermined_zero_variance_prefixes_with_zero_kl():
+    """The constructed inputs of ``kl-variance-binary`` exercise its own content: a prefix where
+    ``h`` is not determined but ``Var(H_t|p) = 0``, where the tilt's KL is then 0."""
+    from proofs_check import kl_variance
+
+    check = BY_NAME["kl-variance-binary"]
+    hits = []
+
+    @settings(FIND, max_examples=8)
+    @hypothesis.given(kl_variance.xor_instances())
+    def each(inst):
+        q = check.compute(inst)
+        flat = (q["var_h"] == 0) & q["ref_undetermined"]
+        assert check.exercised(q) and flat.any()
+        assert np.all(q["prefix_kl"][flat] == 0.0) and np.all(np.abs(q["ref_prefix_kl"][flat]) < 1e-14)
+        assert check.residual(q) <= check.tolerance
+        hits.append(int(flat.sum()))
+
+    each()
+    assert len(hits) == 8 and min(hits) >= 2  # both length-1 prefixes (and the root when r_0 = r_1)
+
+
+def test_kl_variance_graded_exhibits_positive_kl_at_an_undetermined_zero_variance_root():
+    """THEORY §7: for graded harm, children with equal H but different laws of h move the policy."""
+    check = BY_NAME["kl-variance-graded"]
+    policy = toysim.TabularPolicy(2, 2)
+    root = np.asarray([0.4, -0.3])
+    params = (jnp.asarray(root[None, :]), jnp.asarray([[1.0, -0.5], [0.0, 0.0]]))
+    lam = 1.0
+    inst = toysim.Instance(policy, params, toysim.table_harm([0.5, 0.5, 0.0, 1.0], 2, 2), lam)
+    q = check.compute(inst)
+    assert q["root_var_h"] == 0.0 and q["ref_undetermined"][0]
+    q0 = np.exp(root - np.logaddexp(*root))
+    z = np.asarray([np.exp(-lam / 2), (1 + np.exp(-lam)) / 2])  # E[e^{−λh} | child]
+    star = q0 * z / np.sum(q0 * z)
+    closed = float(np.sum(star * np.log(star / q0)))
+    assert closed > 1e-4
+    assert abs(q["root_kl"] - closed) <= 1e-12
