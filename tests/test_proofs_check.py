@@ -251,7 +251,9 @@ def _square_of_sum(policy, params, levels, martingale, t):
 
 def _centred_at_mean_harm(martingale):
     # Δ_t(p·v) = H_t(p·v) − E[h] instead of H_t(p·v) − H_{t−1}(p): the wrong centring
-    return tuple(m.reshape(martingale[t].shape[0], -1) - martingale[0][0] for t, m in enumerate(martingale[1:]))
+    return tuple(
+        m.reshape(martingale[t].shape[0], -1) - martingale[0][0] for t, m in enumerate(martingale[1:])
+    )
 
 
 def _tau_off_by_one(masks):

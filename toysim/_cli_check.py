@@ -125,7 +125,8 @@ def _report(results, as_json: bool, stream) -> bool:
         summary += f"; {findings} finding{'s' if findings != 1 else ''} measured (not theorems)"
         if failed:
             summary += "; failing: " + ", ".join(
-                f"{r.name} (vacuous: no input exercised it)" if r.status == "vacuous" else r.name for r in failed
+                f"{r.name} (vacuous: no input exercised it)" if r.status == "vacuous" else r.name
+                for r in failed
             )
             paths = [r.counterexample for r in failed if r.counterexample]
             if paths:
