@@ -23,8 +23,9 @@ and 1, ``(a, a + x)`` / ``(b + x, b)``, which makes ``r`` the same for every ``y
 values below it) with ``Var(H_2 | y_1) = 0`` exactly, and the root too when ``r_0 = r_1``; its
 children's ``Z = 1 − r + r e^{−λ}`` are equal and the KL must be 0. The third input is a drawn
 binary harm on a drawn policy (tests the identity and the reference agreement). Exercised: some
-prefix is undetermined (brute force) and has ``Var(H_t|p) = 0`` exactly. Tolerance 1e-12: ``Z`` comes from a log-space backward pass and
-``exp``, ``H`` from a linear one; both are O(T) roundings of 1.1e-16 on values in [0, 1], squared
+prefix is undetermined (brute force) and has ``Var(H_t|p) = 0`` exactly.
+
+Tolerance 1e-12: ``Z`` comes from a log-space backward pass and ``exp``, ``H`` from a linear one; both are O(T) roundings of 1.1e-16 on values in [0, 1], squared
 differences are below 1e-15; the KL at a prefix with equal-``Z`` children is exactly 0 (constant
 rule of the engine) or O(1e-16) where equality is only up to rounding.
 
