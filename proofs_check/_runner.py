@@ -11,6 +11,11 @@ shrinks the input, and the minimal counterexample is written as a ``toysim.insta
 that ``toysim exact FILE`` replays: as it is for a first-order Markov policy with an automaton
 harm (unreachable automaton states pruned), else converted to an equivalent tabular policy (by its
 per-level logits) with a table harm when the ``V**T`` tree fits in memory. A finding never fails: its verdict is the measured worst value.
+
+A theorem with an ``exercised`` predicate (:attr:`Check.exercised`) that no input exercised
+(for example, "``G_t = 0`` past the horizon" on inputs that all have ``k = T``) has verdict
+``vacuous`` and fails (status ``"vacuous"``, not ok, exit code 1): it tested nothing, so it may
+not report "holds". A seed that happens to draw only vacuous inputs says so.
 An exception inside a check is that check's failure (verdict ``error: ...``), not the runner's.
 """
 
@@ -41,8 +46,10 @@ class CheckResult:
     Attributes:
       check: the :class:`Check` (``None`` when its module failed to import).
       name: the check's name (the module's name on an import error).
-      status: ``"holds"``, ``"fails"``, ``"error"`` or ``"measured"``.
-      verdict: the text shown in the report (``holds``, ``FAILS``, ``measured: v``, ``error: ...``).
+      status: ``"holds"``, ``"fails"``, ``"vacuous"`` (a theorem no input exercised),
+        ``"error"`` or ``"measured"``.
+      verdict: the text shown in the report (``holds``, ``FAILS``, ``VACUOUS ...``,
+        ``measured: v``, ``error: ...``).
       tried: inputs evaluated (including those of shrinking).
       worst: the largest residual seen (``nan`` if none was computed).
       counterexample: path of the written instance file, or ``None``.
@@ -319,6 +326,8 @@ def run_check(
         return done("fails", f"FAILS (minimal residual {r:.3e})", path)
     if not theorem:
         return done("measured", f"measured: {worst:.3e}")
+    if check.exercised is not None and state["exercised"] == 0:
+        return done("vacuous", f"VACUOUS (none of {state['tried']} inputs exercised the statement)")
     return done("holds", "holds")
 
 
@@ -370,5 +379,5 @@ def run_checks(
 
 
 def all_ok(results: Sequence[CheckResult]) -> bool:
-    """``True`` iff every theorem holds and nothing raised."""
+    """``True`` iff every theorem holds (and was exercised) and nothing raised."""
     return all(r.ok for r in results)

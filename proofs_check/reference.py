@@ -181,14 +181,14 @@ class Reference(NamedTuple):
 def conditional_means(leaf: np.ndarray, f: np.ndarray, vocab_size: int, t: int) -> np.ndarray:
     """``E[f(Y) | Y_≤t = p]`` for every prefix ``p`` of length ``t``, summed over the leaves below.
 
-    Where ``f`` is the same on every leaf below ``p`` the mean is that value (the conditional
-    expectation of a constant), not a ratio of sums that rounds it.
+    Every prefix is computed the same way, as a ratio of sums, including prefixes below which
+    ``f`` is constant: the reference does not build in the zeros the theorems are about (a
+    constant comes back rounded, within a few ε of the value; checks that need exact zeros compare
+    the reference with a stated float tolerance and the library exactly).
     """
     block = leaf.reshape(vocab_size**t, -1)
     values = f.reshape(vocab_size**t, -1)
-    mean = (block * values).sum(axis=1) / block.sum(axis=1)
-    constant = np.all(values == values[:, :1], axis=1)
-    return np.where(constant, values[:, 0], mean)
+    return (block * values).sum(axis=1) / block.sum(axis=1)
 
 
 def horizons(h: np.ndarray, vocab_size: int, horizon: int):
@@ -274,8 +274,9 @@ def tilt_kl(cond: list, leaf: np.ndarray, h: np.ndarray, lam: float, vocab_size:
     ``π*(y) ∝ π_0(y) e^{−λh(y)}``, from sequence-level probabilities.
 
     ``π*(v|p) = P*(p·v) / P*(p)`` with ``P*`` summed over the leaves below each prefix; the KL of a
-    row is ``Σ_v π* log(π*/π_0)``. Where every leaf below ``p`` has the same harm, ``π*(·|p)`` is
-    ``π_0(·|p)`` by definition (the factor ``e^{−λh}`` is a constant there).
+    row is ``Σ_v π* log(π*/π_0)``. Every prefix is computed by these sums, including determined ones
+    (every leaf below ``p`` with the same harm), where the KL is then zero only up to rounding
+    (measured below 1e-15; see ``zero_kl.REFERENCE_ZERO``): the theorem's zero is not assumed.
     """
     T = len(cond)
     weight = leaf * np.exp(-lam * h)
@@ -284,12 +285,10 @@ def tilt_kl(cond: list, leaf: np.ndarray, h: np.ndarray, lam: float, vocab_size:
     for t in range(T):
         m_star = star.reshape(vocab_size**t, -1).sum(axis=1)
         child = star.reshape(vocab_size ** (t + 1), -1).sum(axis=1).reshape(-1, vocab_size)
-        below = h.reshape(vocab_size**t, -1)
-        constant = np.all(below == below[:, :1], axis=1)
-        pi_star = np.where(constant[:, None], cond[t], child / m_star[:, None])
+        pi_star = child / m_star[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             terms = np.where(pi_star > 0, pi_star * np.log(pi_star / cond[t]), 0.0)
-        kl = np.where(constant, 0.0, terms.sum(axis=1))
+        kl = terms.sum(axis=1)
         prefix_kl.append(kl)
         d.append(float(np.sum(m_star * kl)))
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -16,6 +16,10 @@
   the margin and still fails on a missing position (the values there are of order 1e-3 or more).
 * :data:`EXACT` -- an exact statement (a zero that the engine produces bit for bit, a horizon that
   is an integer): tolerance 0.
+* :data:`ROUNDING_VARIANCE` -- the largest variance that rounding alone gives a constant in the
+  references (which compute every conditional mean as a ratio of sums, with no built-in
+  constants): ``|H − c| ≤ 27`` roundings of ``ε |c| ≤ 3e-15``, squared ``≤ 1e-29``. An ``exercised``
+  predicate asks for a variance above 1e-28, so a constant harm is not counted as exercising.
 * :data:`BOUND_FLOOR` -- the floor of the denominator of a relative excess ``(lhs − rhs) / rhs``:
   below it the excess is absolute (a bound whose right side is 1e-12 or less is compared
   absolutely, so rounding of a vanishing ``rhs`` cannot fake a violation).
@@ -26,6 +30,7 @@ IDENTITY = 1e-10
 DP_REFERENCE = 1e-10
 EXACT = 0.0
 BOUND_FLOOR = 1e-12
+ROUNDING_VARIANCE = 1e-28
 
 REFERENCE_REASON = (
     "engine against a brute-force reference: float64 sums of ≤ 27 terms of order one, O(100) "

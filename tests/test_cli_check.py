@@ -80,6 +80,26 @@ def test_table_and_exit_code_zero_when_theorems_hold(fake_checks, capsys):
     assert "[1/2] always_holds: holds" in err and "[2/2] a_finding: measured" in err
 
 
+NEVER_EXERCISED = dataclasses.replace(
+    _check("never_exercised", lambda q: 0.0), exercised=lambda q: False, examples=5
+)
+
+
+def test_theorem_no_input_exercised_is_vacuous_and_fails(monkeypatch, capsys):
+    # residual 0 on every input, but no input exercised the statement: not "holds"
+    monkeypatch.setattr(_runner, "discover", lambda: [("never_exercised", NEVER_EXERCISED)])
+    monkeypatch.setattr(_runner, "check_modules", lambda: {})
+    code = main(["check", "--seed", "1"])
+    out, _ = capsys.readouterr()
+    assert code == 1
+    row = next(line for line in out.splitlines() if line.startswith("never_exercised"))
+    assert "VACUOUS" in row and "0/5" in row
+    assert "0/1 theorem checks hold" in out and "never_exercised (vacuous" in out
+    assert main(["check", "--json", "--seed", "1"]) == 1
+    (entry,) = json.loads(capsys.readouterr().out)["checks"]
+    assert entry["status"] == "vacuous" and entry["instances_exercised"] == 0
+
+
 def test_module_name_selects_its_checks(fake_checks, capsys):
     assert main(["check", "--only", "fake_module", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -249,6 +249,13 @@ def _square_of_sum(policy, params, levels, martingale, t):
     return jnp.sum(jnp.exp(levels.log_cond[t - 1]) * delta, axis=-1) ** 2
 
 
+def _centred_at_mean_harm(martingale):
+    # Δ_t(p·v) = H_t(p·v) − E[h] instead of H_t(p·v) − H_{t−1}(p): the wrong centring
+    return tuple(
+        m.reshape(martingale[t].shape[0], -1) - martingale[0][0] for t, m in enumerate(martingale[1:])
+    )
+
+
 def _tau_off_by_one(masks):
     n = masks[-1].shape[0]
     return sum(jnp.repeat(~m, n // m.shape[0]).astype(jnp.int32) for m in masks[1:])
@@ -262,8 +269,16 @@ def _tau_off_by_one(masks):
         ("fisher_bound_prefix", toysim.MarkovPolicy, "fisher_trace", _uncentred_trace, "markov1"),
         ("fisher_bound_prefix", toysim, "prefix_covariance_sq_norm", _square_of_sum, "markov2"),
         ("horizon_equivalence", toysim, "sequence_horizon", _tau_off_by_one, None),
+        ("covariance_gradient_tabular", toysim._gradient, "innovations", _centred_at_mean_harm, "tabular"),
     ],
-    ids=["tabular-trace", "tabular-trace-position", "markov-trace", "square-of-sum", "tau-off-by-one"],
+    ids=[
+        "tabular-trace",
+        "tabular-trace-position",
+        "markov-trace",
+        "square-of-sum",
+        "tau-off-by-one",
+        "tabular-gradient-centring",
+    ],
 )
 def test_planted_library_bug_is_detected(check_name, target, attribute, replacement, kind, monkeypatch):
     """A realistic bug in the library (not in the quantities) makes the check's residual exceed
@@ -273,6 +288,8 @@ def test_planted_library_bug_is_detected(check_name, target, attribute, replacem
     def wanted(x):
         ok = kind is None or type(x.policy).__name__.lower().startswith(kind.rstrip("12"))
         ok = ok and (kind is None or not kind.startswith("markov") or x.policy.order == int(kind[-1]))
+        # a wrong centring of G_1 is invisible (H(root) = E[h]): the gradient bug needs T ≥ 2
+        ok = ok and (check_name != "covariance_gradient_tabular" or x.policy.horizon >= 2)
         q = check.compute(x)
         return ok and (check.exercised is None or check.exercised(q))
 
@@ -376,3 +393,43 @@ def test_every_theorem_check_reports_exercised_inputs(tmp_path):
     assert result.status == "holds" and 0 < result.exercised < result.tried
     plain = run_check(dataclasses.replace(FALSE, compute=lambda x: {"mean": 0.0}), examples=5)
     assert plain.exercised == plain.tried == 5
+
+
+def test_kl_variance_xor_instances_have_undetermined_zero_variance_prefixes_with_zero_kl():
+    """The constructed inputs of ``kl-variance-binary`` exercise its own content: a prefix where
+    ``h`` is not determined but ``Var(H_t|p) = 0``, where the tilt's KL is then 0."""
+    from proofs_check import kl_variance
+
+    check = BY_NAME["kl-variance-binary"]
+    hits = []
+
+    @settings(FIND, max_examples=8)
+    @hypothesis.given(kl_variance.xor_instances())
+    def each(inst):
+        q = check.compute(inst)
+        flat = (q["var_h"] == 0) & q["ref_undetermined"]
+        assert check.exercised(q) and flat.any()
+        assert np.all(q["prefix_kl"][flat] == 0.0) and np.all(np.abs(q["ref_prefix_kl"][flat]) < 1e-14)
+        assert check.residual(q) <= check.tolerance
+        hits.append(int(flat.sum()))
+
+    each()
+    assert len(hits) == 8 and min(hits) >= 2  # both length-1 prefixes (and the root when r_0 = r_1)
+
+
+def test_kl_variance_graded_exhibits_positive_kl_at_an_undetermined_zero_variance_root():
+    """THEORY §7: for graded harm, children with equal H but different laws of h move the policy."""
+    check = BY_NAME["kl-variance-graded"]
+    policy = toysim.TabularPolicy(2, 2)
+    root = np.asarray([0.4, -0.3])
+    params = (jnp.asarray(root[None, :]), jnp.asarray([[1.0, -0.5], [0.0, 0.0]]))
+    lam = 1.0
+    inst = toysim.Instance(policy, params, toysim.table_harm([0.5, 0.5, 0.0, 1.0], 2, 2), lam)
+    q = check.compute(inst)
+    assert q["root_var_h"] == 0.0 and q["ref_undetermined"][0]
+    q0 = np.exp(root - np.logaddexp(*root))
+    z = np.asarray([np.exp(-lam / 2), (1 + np.exp(-lam)) / 2])  # E[e^{−λh} | child]
+    star = q0 * z / np.sum(q0 * z)
+    closed = float(np.sum(star * np.log(star / q0)))
+    assert closed > 1e-4
+    assert abs(q["root_kl"] - closed) <= 1e-12

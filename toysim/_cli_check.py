@@ -4,7 +4,9 @@
 a table: result, section, instances tried, instances that exercised the statement (for example
 ``k < T`` for a statement about positions past the horizon ``k``), worst residual, tolerance,
 verdict. Exit code 0 only if
-every theorem holds (findings are measurements and never fail); 1 otherwise; 2 on bad input.
+every theorem holds and was exercised by at least one input (a theorem whose inputs were all
+vacuous is reported ``VACUOUS`` and counts as failing; findings are measurements and never fail);
+1 otherwise; 2 on bad input.
 ``toysim reproduce`` runs the same checks, then ``figures.make_all(out_dir)``.
 """
 
@@ -133,7 +135,10 @@ def _report(results, as_json: bool, stream) -> bool:
         summary = f"{len(theorems) - len(failed)}/{len(theorems)} theorem checks hold"
         summary += f"; {findings} finding{'s' if findings != 1 else ''} measured (not theorems)"
         if failed:
-            summary += "; failing: " + ", ".join(r.name for r in failed)
+            summary += "; failing: " + ", ".join(
+                f"{r.name} (vacuous: no input exercised it)" if r.status == "vacuous" else r.name
+                for r in failed
+            )
             paths = [r.counterexample for r in failed if r.counterexample]
             if paths:
                 summary += "; replay with: toysim exact " + " | ".join(paths)
