@@ -1,4 +1,4 @@
-"""Speed of exact alignment training, and exact versus sampled gradients (issue 4, THEORY §7, §10).
+"""Speed of exact alignment training, and exact versus sampled gradients (issue 4, docs/theory.md §7, §10).
 
 Prints two tables:
 

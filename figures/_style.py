@@ -1,6 +1,6 @@
 """The one look of every toysim figure: paper column width, 8 pt type, Okabe–Ito colours.
 
-Axis symbols follow THEORY.md: ``H_t`` (harm martingale), ``I_t`` (harm information), ``‖G_t‖``
+Axis symbols follow docs/theory.md: ``H_t`` (harm martingale), ``I_t`` (harm information), ``‖G_t‖``
 (per-position gradient), ``D_t`` (per-position KL), ``λ`` (harm weight), ``τ`` and ``k`` (harm
 horizons). Rendering is the non-interactive Agg backend, so figures build on machines without a
 display and give the same pixels on every run.

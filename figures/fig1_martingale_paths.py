@@ -1,7 +1,7 @@
 """Figure 1: harm martingale paths freeze at their own horizon.
 
 Claim: along every sampled response the harm martingale ``H_t = E[h | y_≤t]`` stops moving at the
-response's own horizon ``τ(y)`` (THEORY.md sections 2 and 5): early for a deadline harm, only at
+response's own horizon ``τ(y)`` (docs/theory.md §2 and 5): early for a deadline harm, only at
 ``t = T`` for a graded harm, where every token still counts.
 
 Responses are sampled token by token with ``jax.random.categorical`` from the policy's exact

@@ -2,7 +2,7 @@
 
 Claim: ``‖G_t‖`` computed in covariance form [Thm 8] (``toysim.covariance_gradient``) equals the
 position-untied autodiff gradient ``∂E[h]/∂θ_t`` (``toysim.untied_autodiff_gradient``) at every
-position, and is exactly zero for ``t > k`` [Thm 10] (THEORY.md sections 4-5).
+position, and is exactly zero for ``t > k`` [Thm 10] (docs/theory.md §4-5).
 
 The policy is Markov (order 1): its parameters are shared by all positions, so the untied autodiff
 is the only independent per-position reference. The deadline harm has ``k = deadline < T``; the

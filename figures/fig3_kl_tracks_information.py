@@ -2,7 +2,7 @@
 
 Claim: the per-position KL ``D_t`` of the exact equilibrium ``π* ∝ π_0 e^{−λh}`` (``toysim.tilt``)
 tracks ``(λ²/2) I_t`` [Thm 14], is exactly zero beyond the horizon ``k``, and the ratio
-``2 D_t / (λ² I_t)`` tends to 1 as ``λ → 0`` (THEORY.md section 7). ``I_t`` is the harm
+``2 D_t / (λ² I_t)`` tends to 1 as ``λ → 0`` (docs/theory.md §7). ``I_t`` is the harm
 information under the base policy ``π_0``.
 """
 

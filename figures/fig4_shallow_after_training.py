@@ -6,7 +6,7 @@ up to the harm horizon ``k``; beyond it the tabular policy does not move (``D_t`
 the equilibrium's is exactly 0 [Thm 14, Thm 10]), while the Markov policy, whose parameters are
 shared by all positions, carries KL past the horizon ("spillover", App. A, Thm 27; a finding,
 measured by ``spillover_by_position``). The MLP's spillover is certified below 1e-11 here: its
-features let it mimic the tilt (the 5e-10 to 3e-8 drawn before were L-BFGS residue). Toy counterpart of Qi et al.'s per-token KL figure (THEORY.md sections 7 and 9).
+features let it mimic the tilt (the 5e-10 to 3e-8 drawn before were L-BFGS residue). Toy counterpart of Qi et al.'s per-token KL figure (docs/theory.md §7 and 9).
 
 Only certified numbers are drawn. Every run must certify itself (``toysim.Certificate``: ‖∇L‖ and
 the Hessian's curvature off the softmax gauge bound the distance to the optimum); each trained

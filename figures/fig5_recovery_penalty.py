@@ -4,7 +4,7 @@ Claim: at ``θ_0`` the plain objective's per-position gradient ``λ‖G_t‖`` (
 is exactly zero for ``t > k`` [Thm 10], while the deep objective ``L_deep`` [Def 16] has a
 non-zero gradient at every position, carried beyond ``k`` by the recovery term
 ``−μγ^{t−1} E_Q[∇π_θ(R | y_<t)]``; after training, the standard optimum's ``D_t`` is exactly zero
-beyond ``k`` and the deep optimum's is not [Thm 19] (THEORY.md section 8).
+beyond ``k`` and the deep optimum's is not [Thm 19] (docs/theory.md §8).
 
 Instance (shared with figure 6, computed once per process by :func:`deep_instance`): a tabular base
 policy ``π_0`` with Gaussian logits, a deadline harm (token ``V−1`` within the first ``k``

@@ -4,7 +4,7 @@ Claim: the prefilling-attack success ``A(k) = E_{p~Q_k}[P_θ(no recovery token a
 standard-aligned optimum (the tilt ``π* ∝ π_0 e^{−λh}``) equals the base policy's at every depth
 ``k ≥ k_h`` (the harm horizon), while the deep-aligned optimum lies below both at every depth; its
 one-step recovery after the prefill stays above the guarantee ``σ(logit p_min + μγ^{t−1})``
-[Thm 22], which falls to ``δ`` at ``t_attack(δ)`` [Cor 23] (THEORY.md sections 8-9; the toy
+[Thm 22], which falls to ``δ`` at ``t_attack(δ)`` [Cor 23] (docs/theory.md §8-9; the toy
 counterpart of Qi et al.'s attack-success-against-prefill figure).
 
 The instance and both optima are those of figure 5 (:func:`figures.fig5_recovery_penalty.deep_instance`,

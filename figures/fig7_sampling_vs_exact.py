@@ -2,7 +2,7 @@
 
 Claim: the REINFORCE estimate ``Ĝ_t = (1/N) Σ_n h(y⁽ⁿ⁾) s_t(y⁽ⁿ⁾)`` is unbiased but its error falls
 only as ``1/√N`` at every position, beyond the harm horizon too, where the exact ``G_t`` is 0: at
-any affordable ``N`` a sampler sees noise where the theorem says zero (THEORY.md section 10).
+any affordable ``N`` a sampler sees noise where the theorem says zero (docs/theory.md §10).
 
 Instance: the Markov (order 1) policy and deadline harm of figure 2. The estimates are
 ``toysim._sampling.reinforce_gradients`` without baseline, ``N_0`` samples each, mapped with ``vmap``

@@ -1,7 +1,7 @@
 """Figure 8 (teaching): the whole prefix tree of a tiny instance, with the gradient on its edges.
 
 Claim: for a tabular policy the gradient of ``E[h]`` with respect to the logit of token ``v`` at
-prefix ``p`` is the covariance term ``w(p, v) = P(p) π(v|p) (H(p·v) − H(p))`` (THEORY.md section 4,
+prefix ``p`` is the covariance term ``w(p, v) = P(p) π(v|p) (H(p·v) − H(p))`` (docs/theory.md §4,
 closed form), so ``G_t`` is the collection of the terms on the edges into level ``t``; every edge
 leaving a determined prefix (shaded: ``h`` is the same for every continuation) carries exactly
 zero (section 5).

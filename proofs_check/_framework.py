@@ -1,6 +1,6 @@
 """What a theorem check is.
 
-Each module of ``proofs_check`` (one per result of THEORY.md) defines ``CHECKS``: a list of
+Each module of ``proofs_check`` (one per result of docs/theory.md) defines ``CHECKS``: a list of
 :class:`Check` objects. A check draws instances from a hypothesis strategy, computes the quantities
 the result speaks about (``compute``), and reduces them to one non-negative *residual* that is zero
 (up to the stated tolerance) when the result holds. ``corruptions`` are the negative controls: each
@@ -46,12 +46,12 @@ def instance_of(value: Any):
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-    """One executable result of THEORY.md.
+    """One executable result of docs/theory.md.
 
     Attributes:
       name: short identifier used on the command line (``toysim check --only NAME``).
       result: the paper's label, e.g. ``"[Thm 8]"``, or ``"(ours)"``.
-      section: the THEORY.md section, e.g. ``"§4"``.
+      section: the docs/theory.md section, e.g. ``"§4"``.
       statement: the result in words.
       latex: the result in LaTeX.
       kind: ``"theorem"`` (must hold) or ``"finding"`` (a measurement).

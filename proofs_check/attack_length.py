@@ -1,4 +1,4 @@
-"""Attack length of deep alignment [Cor 23] (THEORY.md §8).
+"""Attack length of deep alignment [Cor 23] (docs/theory.md §8).
 
 Statement: for ``p_min < δ < 1`` and ``γ < 1`` the guaranteed recovery
 ``g(t) = σ(logit p_min + μγ^{t−1})`` is decreasing in ``t`` and equals ``δ`` at

@@ -1,4 +1,4 @@
-"""Data augmentation as a sampled recovery penalty (THEORY.md §9, Qi et al. 2025).
+"""Data augmentation as a sampled recovery penalty (docs/theory.md §9, Qi et al. 2025).
 
 Qi et al.'s recipe (a harmful response cut at a random length, followed by a refusal) is the
 Monte-Carlo counterpart of the recovery term. One draw: ``y ~ Q`` (its first ``T − 1`` tokens,

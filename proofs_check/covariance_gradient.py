@@ -1,4 +1,4 @@
-"""The gradient of the expected harm is a sum of covariances [Thm 8] (THEORY.md §4).
+"""The gradient of the expected harm is a sum of covariances [Thm 8] (docs/theory.md §4).
 
 Statement: with the score ``s_t = ∇_θ log π_θ(y_t | y_<t)``,
 ``∇_θ E[h] = Σ_t G_t`` where ``G_t = E_{y_<t}[Cov_{y_t}(H_t, s_t)]``. Three checks:

@@ -3,8 +3,8 @@
 Statement (*ours*, ``dp_matches_enumeration``): for a first-order Markov policy and a harm given
 by a DFA, the DP over (position, last token, automaton state) computes the same quantities as the
 enumeration of the ``V**T`` prefixes: ``E[h]``, ``Var h``, ``I_t``, ``‖G_t‖`` in covariance form
-and by reverse mode, the Fisher bound, ``P(τ = t)``, ``k``, ``D_t`` of the tilt (THEORY 2-7), and
-for the recovery penalty (THEORY 8-9) the penalty, the per-position norms of ``λG_t``, of the
+and by reverse mode, the Fisher bound, ``P(τ = t)``, ``k``, ``D_t`` of the tilt (docs/theory.md §2–7), and
+for the recovery penalty (docs/theory.md §8-9) the penalty, the per-position norms of ``λG_t``, of the
 recovery gradient and of the deep gradient at ``θ_0``, ``p_min``, and the prefilling-attack curves
 of the base, standard-aligned (tilt) and Gibbs-form policies.
 
@@ -197,7 +197,7 @@ def residual_long(q):
     errors = [
         abs(float(np.sum(q["harm_information"]) - q["harm_variance"])),  # [Cor 7]
         float(q["gradient_autodiff_max_abs_error"]),  # [Thm 8]
-        float(q["recovery_autodiff_max_abs_error"]),  # [THEORY 8]
+        float(q["recovery_autodiff_max_abs_error"]),  # [docs/theory.md §8]
         float(np.max(q["gradient_norm_by_position"][k:], initial=0.0)),  # [Thm 10]: exactly 0
         float(np.max(q["equilibrium_kl_by_position"][k:], initial=0.0)),  # [Cor 15]: exactly 0
         float(

@@ -1,4 +1,4 @@
-"""How big the gradient can be: the Fisher bound [Lemma 12, Thm 13] (THEORY.md §6).
+"""How big the gradient can be: the Fisher bound [Lemma 12, Thm 13] (docs/theory.md §6).
 
 Statement: with the conditional Fisher information ``F_t(y_<t) = E[s_t s_tᵀ | y_<t]``, per prefix
 ``‖Cov(H_t, s_t | y_<t)‖² ≤ Var(H_t | y_<t) · tr F_t(y_<t)`` (Cauchy–Schwarz), and per position

@@ -1,4 +1,4 @@
-"""Gibbs form of the deep-aligned optimum [Thm 20] (THEORY.md §8).
+"""Gibbs form of the deep-aligned optimum [Thm 20] (docs/theory.md §8).
 
 Statement: the minimiser of the separable tabular objective
 ``Σ_t Σ_p Q(p)[μγ^{t−1}(1 − π(R|p)) + KL(π(·|p) ‖ π_0(·|p))] + λ E_π[h]`` satisfies

@@ -1,4 +1,4 @@
-"""Harm information and the variance decomposition [Def 5, Prop 6, Cor 7] (THEORY.md §3).
+"""Harm information and the variance decomposition [Def 5, Prop 6, Cor 7] (docs/theory.md §3).
 
 Statement: the harm information ``I_t = E[Δ_t²]`` of position ``t`` is the expected drop of the
 conditional variance of the harm when ``y_t`` is revealed,

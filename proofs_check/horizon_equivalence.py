@@ -1,4 +1,4 @@
-"""The harm horizon: no information after it, and only then [Thm 9] (THEORY.md §5).
+"""The harm horizon: no information after it, and only then [Thm 9] (docs/theory.md §5).
 
 Statement: for every ``k ∈ {0, …, T}``, ``I_t = 0`` for all ``t > k`` if and only if the harm is a
 function of the first ``k`` tokens, ``h(y) = g(y_≤k)`` (every prefix of length ``k`` is

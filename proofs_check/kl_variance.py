@@ -1,4 +1,4 @@
-"""Where the equilibrium moves the policy: KL versus conditional variance (THEORY.md §7, *ours*).
+"""Where the equilibrium moves the policy: KL versus conditional variance (docs/theory.md §7, *ours*).
 
 Statement (binary harm, every λ > 0): at every prefix ``p`` the tilt's conditional KL
 ``KL(π*(·|p) ‖ π_0(·|p))`` is zero iff ``Var_{π_0}(H_t | p) = 0``. Reason: ``π*(v|p) ∝ π_0(v|p)
@@ -29,7 +29,7 @@ Tolerance 1e-12: ``Z`` comes from a log-space backward pass and ``exp``, ``H`` f
 differences are below 1e-15; the KL at a prefix with equal-``Z`` children is exactly 0 (constant
 rule of the engine) or O(1e-16) where equality is only up to rounding.
 
-Finding ``kl-variance-graded``: for graded harm the "iff" fails (THEORY §7), and the check
+Finding ``kl-variance-graded``: for graded harm the "iff" fails (docs/theory.md §7), and the check
 exhibits it rather than restricting to binary harm. On ``V = 2, T = 2`` with
 ``h(0·) = ½`` surely and ``h(1·0) = 0, h(1·1) = 1`` under a uniform ``π_0(·|1)``, both children of
 the root have ``H = ½`` (zero variance of ``H_1`` at the root) but different laws of ``h``, so

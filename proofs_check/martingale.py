@@ -1,4 +1,4 @@
-"""The harm martingale and its Doob decomposition [Def 1, Prop 2, Def 3, Prop 4] (THEORY.md §2).
+"""The harm martingale and its Doob decomposition [Def 1, Prop 2, Def 3, Prop 4] (docs/theory.md §2).
 
 Statement: ``H_t = E[h | y_≤t]`` satisfies ``E[H_t | y_<t] = H_{t−1}``; the innovations
 ``Δ_t = H_t − H_{t−1}`` add up to ``h − H_0`` along every sequence and are orthogonal,

@@ -1,4 +1,4 @@
-"""Prefilling attacks in toy form (THEORY.md §9, Qi et al. 2025).
+"""Prefilling attacks in toy form (docs/theory.md §9, Qi et al. 2025).
 
 Attack success at depth ``k`` is ``A(k) = E_{p ~ Q_k}[P_θ(no recovery token in positions k+1..T | p)]``
 (``k = 0..T−1``), computed by a masked backward pass over the engine's levels.

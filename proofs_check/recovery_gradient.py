@@ -1,4 +1,4 @@
-"""The recovery penalty's gradient reaches every position (THEORY.md §8, [Def 16]).
+"""The recovery penalty's gradient reaches every position (docs/theory.md §8, [Def 16]).
 
 Statement: the per-position gradient of the recovery term
 ``μ E_Q[Σ_t γ^{t−1}(1 − π_θ(R | y_<t))]`` is ``G̃_t = −μγ^{t−1} E_Q[∇π_θ(R | y_<t)]``, and it is
@@ -249,7 +249,7 @@ def _with(**changes):
 CHECKS = [
     Check(
         name="recovery_gradient",
-        result="[Def 16], THEORY §8",
+        result="[Def 16], docs/theory.md §8",
         section="§8",
         statement="The recovery term's gradient at position t is −μγ^{t−1}E_Q[∇π_θ(R|y_<t)], non-zero at "
         "every position, including t > k where the plain objective's G_t vanishes; enumeration and DP "

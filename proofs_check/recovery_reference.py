@@ -1,4 +1,4 @@
-"""Slow, obviously-correct references for the recovery and prefilling quantities (THEORY.md §8-9).
+"""Slow, obviously-correct references for the recovery and prefilling quantities (docs/theory.md §8-9).
 
 Everything here is computed per sequence, by brute force over the ``V**T`` responses, from the
 policy's definition only: ``policy.logits(params, t)`` (the logits of every prefix of length
@@ -195,7 +195,7 @@ def sequence_kl(policy: Any, params_by_position: Sequence[PyTree], base_log_prob
 
 
 def per_position_gradient(policy: Any, params: PyTree, objective: Callable) -> list:
-    """``∂ objective(θ_1, …, θ_T) / ∂θ_t`` at ``θ_1 = … = θ_T = θ`` (THEORY §4), one pytree per
+    """``∂ objective(θ_1, …, θ_T) / ∂θ_t`` at ``θ_1 = … = θ_T = θ`` (docs/theory.md §4), one pytree per
     position, by ``jax.grad`` of the brute-force objective."""
     grads = jax.grad(objective)([params] * policy.horizon)
     return list(grads)
@@ -329,7 +329,7 @@ def attack_curve(
 
 
 def tilt_log_probs(base_log_probs: Any, h: Any, lam: float) -> np.ndarray:
-    """``log π*(y)`` of the standard-aligned optimum ``π* ∝ π_0 e^{−λh}`` (THEORY §7)."""
+    """``log π*(y)`` of the standard-aligned optimum ``π* ∝ π_0 e^{−λh}`` (docs/theory.md §7)."""
     w = np.asarray(base_log_probs, dtype=np.float64) - lam * np.asarray(h, dtype=np.float64)
     top = np.max(w)
     return w - (top + math.log(np.sum(np.exp(w - top))))

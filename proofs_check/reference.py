@@ -9,7 +9,7 @@ are an explicit Jacobian (complex-step derivatives of ``log_softmax`` of each pr
 respect to the flattened parameters, one row per prefix and token), and the autodiff references of
 the gradient are complex-step derivatives of ``E[h]`` written one term per sequence. Nothing here
 is JAX-compiled, so the references add no compilation to ``toysim check``. :func:`brute_force` returns every
-quantity of THEORY.md sections 2-7 per prefix and per position.
+quantity of docs/theory.md §2–7 per prefix and per position.
 
 The only shared conventions are the instance's own: the lexicographic order of prefixes (first
 token most significant) and ``toysim.harm_values`` (the harm's definition as a table).

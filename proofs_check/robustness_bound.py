@@ -1,4 +1,4 @@
-"""Robustness bound of deep alignment [Thm 22] (THEORY.md §8).
+"""Robustness bound of deep alignment [Thm 22] (docs/theory.md §8).
 
 Statement (the quantity, made precise): let ``π*`` be the minimiser of the separable tabular
 objective with ``λ = 0`` (where the Gibbs form [Thm 20] is exact). Then at *every position*

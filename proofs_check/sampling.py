@@ -1,4 +1,4 @@
-"""Sampling versus exactness: REINFORCE is unbiased but blind to the theorem (THEORY.md §10, *ours*).
+"""Sampling versus exactness: REINFORCE is unbiased but blind to the theorem (docs/theory.md §10, *ours*).
 
 Theorem ``reinforce-unbiased``: the REINFORCE estimate ``Ĝ_t = (1/N) Σ_n (h(y⁽ⁿ⁾) − b_n) s_t(y⁽ⁿ⁾)``
 of the library (:func:`toysim._sampling.reinforce_gradients`, leave-one-out baseline

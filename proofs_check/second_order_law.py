@@ -1,4 +1,4 @@
-"""Second-order law of the equilibrium KL [Thm 14] (THEORY.md §7), with its cubic constant.
+"""Second-order law of the equilibrium KL [Thm 14] (docs/theory.md §7), with its cubic constant.
 
 Statement: for the tilt ``π* ∝ π_0 e^{−λh}`` with ``h ∈ [0, 1]``, ``D_t = (λ²/2) I_t⁽⁰⁾ + O(λ³)``.
 The check tests an explicit, proven form of the ``O(λ³)``:
@@ -27,7 +27,7 @@ and ``|Var_q(g) − λ² Var_q(u_p)| ≤ 2λ sd(u_p) sd(r) + Var(r) ≤ λ³ sd_
 ``π*(p)/π_0(p) ∈ [e^{−λ}, e^{λ}]``. Writing ``D_t − λ² I_t/2`` as
 ``Σ_p π*(p)[KL_p − Var(g)/2] + Σ_p π*(p)[Var(g) − λ² Var(u_p)]/2 + (λ²/2) Σ_p (π*(p) − π_0(p)) Var(u_p)``
 and bounding the three sums by (1)+(2), (2) and (3) gives (*). The ``λ⁴`` term without ``I_t`` or
-``S_t`` is real: for graded harm a position can have ``I_t = 0`` and ``D_t > 0`` (THEORY §7), and
+``S_t`` is real: for graded harm a position can have ``I_t = 0`` and ``D_t > 0`` (docs/theory.md §7), and
 (*) covers it. The leading coefficient is sharp in form: the exact cubic coefficient of ``D_t`` is
 ``E_{π_0}[−½(H_{t−1} − H_0) Var(H_t|p) − ½ Cov(H_t, Var(h|·)|p) − ⅓ κ₃(H_t|p)]``, whose three terms
 are bounded by ``I_t/2``, ``S_t/16`` and ``I_t/3``.

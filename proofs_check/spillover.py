@@ -1,4 +1,4 @@
-"""Spillover beyond the harm horizon after exact training (THEORY.md §7, App. A, Thm 27).
+"""Spillover beyond the harm horizon after exact training (docs/theory.md §7, App. A, Thm 27).
 
 Theorem ``no-spillover-tabular`` (*ours*, from [Thm 10] and the tilt): train a tabular policy on
 ``L = λ E[h] + KL(π_θ ‖ π_0)`` from ``π_0`` (100 steps of gradient descent: the statement holds at

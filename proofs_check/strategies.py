@@ -137,7 +137,7 @@ def small_instances(
     lams=(0.5, 1.0, 4.0),
 ):
     """Like :func:`instances` with ``V`` and the horizons pinned, so that checks that train or
-    sweep λ (THEORY 7) compile once per shape."""
+    sweep λ (docs/theory.md §7) compile once per shape."""
     horizon = draw(st.sampled_from(horizons))
     policy = make_policy(draw(st.sampled_from(policy_kinds)), vocab_size, horizon)
     params = policy.init(jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=draw(st.sampled_from(scales)))

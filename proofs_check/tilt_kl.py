@@ -1,4 +1,4 @@
-"""The equilibrium tilt and its KL chain rule [Thm 14 first part, Cor 15] (THEORY.md §7).
+"""The equilibrium tilt and its KL chain rule [Thm 14 first part, Cor 15] (docs/theory.md §7).
 
 Statement: the minimiser over all policies of ``L(π) = λ E_π[h] + KL(π ‖ π_0)`` is the tilt
 ``π*(y) = π_0(y) e^{−λ h(y)} / Z_0`` with ``Z_0 = E_{π_0}[e^{−λh}]``, and ``L(π*) = −log Z_0``;

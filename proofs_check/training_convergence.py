@@ -1,4 +1,4 @@
-"""Exact training converges to the equilibrium tilt, with a certificate (THEORY.md §7, *ours*).
+"""Exact training converges to the equilibrium tilt, with a certificate (docs/theory.md §7, *ours*).
 
 Statement: full-batch training of a tabular policy on the exact
 ``L(θ) = λ E_{π_θ}[h] + KL(π_θ ‖ π_0)``, started at ``π_0`` with the default optimizer (damped

@@ -1,4 +1,4 @@
-"""No gradient beyond the harm horizon [Thm 10] and its per-prefix refinement (THEORY.md §5).
+"""No gradient beyond the harm horizon [Thm 10] and its per-prefix refinement (docs/theory.md §5).
 
 Statement: with ``k`` the uniform harm horizon, ``G_t = 0`` for every ``t > k``, for every
 parameterisation (shared parameters included). Finer (*ours*): the covariance weight

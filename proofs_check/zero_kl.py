@@ -1,4 +1,4 @@
-"""No KL beyond the harm horizon, exactly, for every λ (*ours*, THEORY.md §7).
+"""No KL beyond the harm horizon, exactly, for every λ (*ours*, docs/theory.md §7).
 
 Statement: at a determined prefix ``p`` (``h`` constant on every continuation) the partition
 function ``Z_t(p·v)`` is the same for every token ``v``, so the tilt leaves the policy unchanged

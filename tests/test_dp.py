@@ -155,7 +155,7 @@ def test_gradient_matches_finite_difference():
 
 
 def test_exact_zeros_past_the_horizon():
-    """THEORY 5, 7: past the uniform horizon ``I_t``, ``G_t`` and ``D_t`` are exactly zero."""
+    """docs/theory.md §5, 7: past the uniform horizon ``I_t``, ``G_t`` and ``D_t`` are exactly zero."""
     policy = toysim.MarkovPolicy(3, HORIZON)
     params = policy.init(jax.random.key(1))
     dp = _dp.dp_analyze(policy, params, pad(toysim.deadline_harm(3, [2], deadline=2), 3, 1), 2.0)

@@ -1,4 +1,4 @@
-"""The DP engine's recovery-penalty quantities (THEORY 8-9) against the enumeration engine."""
+"""The DP engine's recovery-penalty quantities (docs/theory.md §8-9) against the enumeration engine."""
 
 import json
 
@@ -95,7 +95,7 @@ def chain(vocab_size, horizon, seed=0):
 
 def test_long_horizon_recovery_signal_past_the_horizon():
     """T = 2000 with a deadline harm (k = 3): the plain gradient is exactly 0 past the horizon, the
-    recovery gradient is not [THEORY 8], and the Gibbs policy never recovers less than π_0."""
+    recovery gradient is not [docs/theory.md §8], and the Gibbs policy never recovers less than π_0."""
     T = 2000
     policy, params = chain(3, T)
     inst = toysim.Instance(policy, params, toysim.deadline_harm(3, [2], deadline=3), 1.0)

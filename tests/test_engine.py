@@ -1,4 +1,4 @@
-"""Engine quantities against the brute-force reference, and the identities of THEORY 2-7."""
+"""Engine quantities against the brute-force reference, and the identities of docs/theory.md §2–7."""
 
 import jax
 import jax.numpy as jnp
@@ -225,7 +225,7 @@ def test_binary_harm_kl_zero_iff_local_variance_zero(inst):
 
 
 def test_graded_harm_has_kl_without_local_variance():
-    # THEORY 7: children with equal H but different laws of h: h = 1/2 surely vs h in {0,1}.
+    # docs/theory.md §7: children with equal H but different laws of h: h = 1/2 surely vs h in {0,1}.
     v, T = 2, 2
     h = jnp.array([0.5, 0.5, 0.0, 1.0])
     policy = toysim.TabularPolicy(v, T)

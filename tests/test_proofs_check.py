@@ -418,7 +418,7 @@ def test_kl_variance_xor_instances_have_undetermined_zero_variance_prefixes_with
 
 
 def test_kl_variance_graded_exhibits_positive_kl_at_an_undetermined_zero_variance_root():
-    """THEORY §7: for graded harm, children with equal H but different laws of h move the policy."""
+    """docs/theory.md §7: for graded harm, children with equal H but different laws of h move the policy."""
     check = BY_NAME["kl-variance-graded"]
     policy = toysim.TabularPolicy(2, 2)
     root = np.asarray([0.4, -0.3])

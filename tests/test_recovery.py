@@ -1,4 +1,4 @@
-"""Recovery penalties and deep alignment (THEORY 8-9): engine against brute force, validation, and
+"""Recovery penalties and deep alignment (docs/theory.md §8-9): engine against brute force, validation, and
 ``toysim deep`` on good and bad input.
 
 The theorem checks of proofs_check (gibbs_form, robustness_bound, attack_length, prefill_attack,

@@ -1,4 +1,4 @@
-"""REINFORCE estimates of G_t against the exact engine (THEORY.md §10).
+"""REINFORCE estimates of G_t against the exact engine (docs/theory.md §10).
 
 Statistical tests state their false-failure probability; all keys come from fixed or drawn seeds,
 so every run is reproducible.

@@ -1,4 +1,4 @@
-"""Exact alignment training, the second-order law, KL versus variance, spillover (THEORY.md §7).
+"""Exact alignment training, the second-order law, KL versus variance, spillover (docs/theory.md §7).
 
 Training runs are few and share one fixed instance shape (V = 2, T = 3): each run compiles the
 optimizer step once, which dominates the cost of these tests.

@@ -5,7 +5,7 @@ Quantities are exact (enumeration of the prefix tree), so enable float64 before 
     import jax
     jax.config.update("jax_enable_x64", True)
 
-See THEORY.md for the mathematics and the README for the command line.
+See docs/theory.md for the mathematics and the README for the command line.
 """
 
 from . import teaching as teaching

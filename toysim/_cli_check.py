@@ -210,7 +210,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "check",
         help="run every theorem check of proofs_check (table on stdout, progress on stderr)",
-        description="Run the executable theorem checks of THEORY.md with hypothesis. Exit 0 only if "
+        description="Run the executable theorem checks of docs/theory.md with hypothesis. Exit 0 only if "
         "every theorem holds; a failing theorem's minimal counterexample is written as a "
         "toysim.instance/1 file that `toysim exact` replays.",
     )

@@ -1,4 +1,4 @@
-"""``toysim deep``: recovery penalties and deep alignment on one instance (THEORY.md §8-9)."""
+"""``toysim deep``: recovery penalties and deep alignment on one instance (docs/theory.md §8-9)."""
 
 from __future__ import annotations
 

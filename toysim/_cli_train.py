@@ -1,4 +1,4 @@
-"""``toysim train`` and ``toysim sample-vs-exact`` (THEORY.md sections 7 and 10).
+"""``toysim train`` and ``toysim sample-vs-exact`` (docs/theory.md §7 and 10).
 
 ``toysim train INSTANCE.json`` trains the instance's policy family, starting from its parameters
 (``π_0``), on the exact ``L = λ E[h] + KL(π_θ ‖ π_0)`` and prints the result against the closed-form
@@ -139,7 +139,7 @@ def register(sub) -> None:
         "train",
         help="exact KL-regularised training of an instance's policy (JSON on stdout)",
         description="Minimise λE[h] + KL(π_θ‖π_0) exactly, starting from the instance's policy π_0, "
-        "and compare with the closed-form equilibrium π* ∝ π_0 e^{−λh} (THEORY.md §7). Exit code 1 "
+        "and compare with the closed-form equilibrium π* ∝ π_0 e^{−λh} (docs/theory.md §7). Exit code 1 "
         "(JSON still printed, one line on stderr) when the run does not converge.",
     )
     p.add_argument("instance", help="path to a toysim.instance/1 JSON file")
@@ -168,7 +168,7 @@ def register(sub) -> None:
         "sample-vs-exact",
         help="REINFORCE estimates of G_t against the exact values (JSON on stdout)",
         description="Error of the sampled (REINFORCE) estimate of every G_t, with and without a "
-        "leave-one-out baseline, against the exact engine, as the sample size grows (THEORY.md §10).",
+        "leave-one-out baseline, against the exact engine, as the sample size grows (docs/theory.md §10).",
     )
     q.add_argument("instance", help="path to a toysim.instance/1 JSON file")
     q.add_argument("--samples", default="10,100,1000", help="comma-separated sample sizes, each >= 2")

@@ -4,7 +4,7 @@ For a first-order Markov policy and a harm computed by a DFA, the conditional la
 given a prefix ``y_≤t`` depends on the prefix only through the *product state*
 ``x = (c, s)``: ``c`` the last token (or BOS, row ``V`` of the logit table) and ``s`` the automaton
 state after reading ``y_≤t``. Reading token ``v`` moves ``(c, s) → (v, δ(s, v))``. Every quantity
-of THEORY.md sections 2-7 that the enumeration engine reads off the prefix tree is therefore a
+of docs/theory.md §2–7 that the enumeration engine reads off the prefix tree is therefore a
 function of ``(t, x)``, and the ``V**T`` prefixes collapse to ``(V + 1) · S`` states per position:
 
 * backward passes (``jax.lax.scan`` from ``t = T`` to ``1``): the harm martingale
@@ -25,7 +25,7 @@ core; :func:`dp_analyze` (``toysim exact``) therefore launches the independent r
 
 Constants stay exact with the rule of :func:`toysim._enumerate._constant_rows`: a state whose
 children all hold the same ``H`` (or ``log Z``) gets that value bit for bit, so ``Δ``, ``G_t``
-and the tilt are exactly zero or unchanged wherever the harm is determined (THEORY 5, 7).
+and the tilt are exactly zero or unchanged wherever the harm is determined (docs/theory.md §5, 7).
 
 Cost ``O(T · (V + 1) · S · V)``; memory holds per-state arrays (``H``, ``log Z``, ``log P`` per
 state and position) and scalars per position, see :func:`dp_estimate_bytes`.
@@ -246,7 +246,7 @@ def dp_martingale(log_cond: Array, aut: Automaton, horizon: int) -> Float[Array,
       ``(T + 1, V + 1, S)``; ``H_0[V, start] = E[h]``. Rows of states that cannot occur at a
       position (BOS after ``t >= 1``) hold well-defined but unused values.
 
-    THEORY.md section 2.
+    docs/theory.md §2.
     """
     xs, lc_at = _positions(log_cond, horizon)
     v1, n_states = log_cond.shape[-3], aut.transitions.shape[0]
@@ -271,7 +271,7 @@ def dp_log_partition(log_cond: Float[Array, "V1 1 V"], aut: Automaton, horizon: 
     Returns:
       ``(T + 1, V + 1, S)``.
 
-    THEORY.md section 7.
+    docs/theory.md §7.
     """
     xs, lc_at = _positions(log_cond, horizon)
     v1, n_states = log_cond.shape[-3], aut.transitions.shape[0]
@@ -303,7 +303,7 @@ def dp_determined(aut: Automaton, horizon: int) -> Bool[Array, "T1 S"]:
     Returns:
       ``(T + 1, S)`` booleans; row ``T`` is all true.
 
-    THEORY.md section 5.
+    docs/theory.md §5.
     """
     trans = aut.transitions
 
@@ -426,7 +426,7 @@ def dp_tilted_chain(
     """``log π*_t(v | c, s) = log π_0(v|c) + (log Z_t(v, δ(s, v)) − log Z_{t−1}(c, s))``.
 
     The equilibrium of a Markov ``π_0`` as a time-dependent Markov chain on the product state
-    (THEORY 7); feed it to :func:`dp_martingale` / :func:`dp_information` to study ``π*`` itself.
+    (docs/theory.md §7); feed it to :func:`dp_martingale` / :func:`dp_information` to study ``π*`` itself.
     Memory ``T · (V + 1) · S · V`` floats.
     """
 
@@ -449,7 +449,7 @@ def dp_expected_harm(
 
     ``H_{t−1} = π @ H_t(children)ᵀ + e_{t−1}`` with ``e = perturbation`` (zeros for ``E[h]``).
     ``jax.grad`` with respect to ``logits`` is ``∇_θ E[h]`` for the shared table, and with respect
-    to ``e_{t−1}`` it is the adjoint ``∂E[h]/∂H_{t−1}`` (THEORY 4), from which the untied
+    to ``e_{t−1}`` it is the adjoint ``∂E[h]/∂H_{t−1}`` (docs/theory.md §4), from which the untied
     per-position gradient follows by one local VJP (:func:`dp_untied_gradients`).
     """
     v1, n_states = logits.shape[0], aut.transitions.shape[0]
@@ -514,7 +514,7 @@ def _covariance_terms(pi: Array, log_p: Array, h_tm1: Array, child: Array):
     """``(I_t, G_t)`` at one position from ``log P_{t−1}``, ``H_{t−1}`` and the children of ``H_t``.
 
     States whose children share ``H`` contribute exactly 0 to ``Δ``, ``I_t`` and ``G_t``; they are
-    dropped, so that ``G_t`` and ``I_t`` vanish bit for bit past the horizon (THEORY 5).
+    dropped, so that ``G_t`` and ``I_t`` vanish bit for bit past the horizon (docs/theory.md §5).
     """
     p_open = jnp.where(_constant_states(child)[None, :], 0.0, jnp.exp(log_p))  # (V+1, S)
     # Var(H_t | c, s) = E[(H_t − H_{t−1})² | c, s], expanded about the first child m_s: the
@@ -536,7 +536,7 @@ def _covariance_terms(pi: Array, log_p: Array, h_tm1: Array, child: Array):
 
 
 class DPAnalysis(NamedTuple):
-    """Every exact quantity of a Markov policy with an automaton harm (THEORY.md sections 2-7).
+    """Every exact quantity of a Markov policy with an automaton harm (docs/theory.md §2–7).
 
     The fields mirror :class:`toysim.Analysis`, with per-state instead of per-prefix arrays.
 
@@ -592,7 +592,7 @@ def _position_terms(logits, aut: Automaton, hs, log_z, det, log_p, adjoints, log
         log_z0 = log_z[0, -1, aut.start]
 
     def terms(log_p_tm1, h_tm1, h_t, z_tm1, z_t, det_tm1, det_t, adj):
-        """Every per-position quantity at position ``t`` (THEORY 3-7).
+        """Every per-position quantity at position ``t`` (docs/theory.md §3-7).
 
         The reductions run over ``(c, s, v)``; every sum that does not need ``c`` and ``v`` apart
         goes through ``Q = P_{t−1}ᵀ π``, ``Q[s, v] = P(state s, next token v)``, so that the only
@@ -867,7 +867,7 @@ def dp_analyze(policy: Any, params: PyTree, harm: Any, lam: float, autodiff: boo
       >>> bool(abs(float(a.harm_information.sum() - a.harm_variance)) < 1e-12)
       True
 
-    THEORY.md sections 2-7.
+    docs/theory.md §2–7.
     """
     check_markov(policy)
     aut = automaton_arrays(harm, policy.vocab_size)

@@ -1,4 +1,4 @@
-"""Recovery penalties in the automaton DP engine (THEORY.md sections 8-9 at long horizons).
+"""Recovery penalties in the automaton DP engine (docs/theory.md §8-9 at long horizons).
 
 The recovery penalty of a first-order Markov policy [Def 16] needs ``Q`` only through its
 marginals on the DP's product states ``x = (c, s)`` (last token, automaton state):
@@ -21,13 +21,13 @@ From these, at cost ``O(T (V + 1) S V)`` and memory linear in ``T``:
 * per-position norms of ``λ G_t``, ``G̃_t`` and of the deep objective's gradient ``λ G_t + G̃_t``
   at ``θ = θ_0`` (the KL term's gradient vanishes there);
 * the prefilling-attack curve ``E_{(c, s) ~ Q_k}[P(no recovery token after the prefix)]`` for
-  ``k = 0..T−1`` [THEORY 9], by a masked log-space backward pass, for the base policy, the
+  ``k = 0..T−1`` [docs/theory.md §9], by a masked log-space backward pass, for the base policy, the
   standard-aligned equilibrium (the time-dependent tilt, rebuilt per step from ``log Z``) and the
   Gibbs-form policy ``π^G_t(v | c) ∝ π_0(v | c) e^{μγ^{t−1} 1[v ∈ R]}`` [Thm 20];
 * ``p_min``, the robustness bound [Thm 22] and the attack length [Cor 23].
 
 The Gibbs-form policy is the exact optimum of the separable objective with ``λ = 0``, and its
-recovery probabilities are exact for any ``λ`` past the harm horizon (THEORY 8). The trained joint
+recovery probabilities are exact for any ``λ`` past the harm horizon (docs/theory.md §8). The trained joint
 optimum of :func:`toysim.deep_report` is not computed here: it would need an optimiser over the
 ``(V + 1) V`` logits per position, not a closed form.
 """
@@ -247,7 +247,7 @@ def dp_recovery_gradients(
     discounts: Array,
     horizon: int,
 ) -> DPRecoveryGradients:
-    """Per-position gradients of the harm and recovery terms at ``θ_0`` (THEORY 8).
+    """Per-position gradients of the harm and recovery terms at ``θ_0`` (docs/theory.md §8).
 
     ``G_t`` is the covariance form of the DP engine; ``G̃_t[c] = −μγ^{t−1} q_{t−1}(c) π(·|c) ⊙
     (1_R − π(R|c))``. Positions are reduced in batches of ``_BATCH``, so nothing of size
@@ -278,7 +278,7 @@ def _masked_lse(pi_out: Array, b: Float[Array, "K V"], mask: Array) -> Float[Arr
 
 
 class DPAttack(NamedTuple):
-    """Prefilling-attack success at depth ``k = 0..T−1`` (each ``(T,)``) [THEORY 9]."""
+    """Prefilling-attack success at depth ``k = 0..T−1`` (each ``(T,)``) [docs/theory.md §9]."""
 
     base: Array
     standard: Array
@@ -344,7 +344,7 @@ def dp_attack_success(
     """Attack success ``E_{(c,s)~Q_k}[P(no recovery token after the prefix)]`` of three policies.
 
     * base: ``π_0`` (homogeneous);
-    * standard: the tilt ``π*_t(v|c, s) = π_0(v|c) Z_t(v, δ(s, v)) / Z_{t−1}(c, s)`` (THEORY 7),
+    * standard: the tilt ``π*_t(v|c, s) = π_0(v|c) Z_t(v, δ(s, v)) / Z_{t−1}(c, s)`` (docs/theory.md §7),
       rebuilt per step from ``log Z`` so that the ``(T, V+1, S, V)`` chain is never stored;
     * gibbs: ``π^G_t(v|c) ∝ π_0(v|c) e^{μγ^{t−1} 1[v ∈ R]}`` [Thm 20].
     """
@@ -362,7 +362,7 @@ class DPDeep(NamedTuple):
       gradients: :class:`DPRecoveryGradients`.
       attack: :class:`DPAttack`.
       q_mass: ``E_0[h]`` for ``Q`` = harmful (must be > 0), else 1.
-      uniform_horizon: ``k`` (THEORY 5).
+      uniform_horizon: ``k`` (docs/theory.md §5).
     """
 
     log_q: Array
@@ -384,7 +384,7 @@ def dp_deep_arrays(
     horizon: int,
     q_logits: Array | None = None,
 ) -> DPDeep:
-    """The recovery quantities of THEORY 8-9 in one pass over ``H``, ``log P`` and ``log Z``.
+    """The recovery quantities of docs/theory.md §8-9 in one pass over ``H``, ``log P`` and ``log Z``.
 
     Args:
       logits: ``π_0``'s ``(V + 1, V)`` logit table.
@@ -429,7 +429,7 @@ def dp_deep_report(
     jailbroken: Any = None,
     delta: float | None = None,
 ) -> dict:
-    """THEORY.md §8-9 for a first-order Markov ``π_0`` and an automaton harm, any horizon.
+    """docs/theory.md §8-9 for a first-order Markov ``π_0`` and an automaton harm, any horizon.
 
     The DP counterpart of :func:`toysim.deep_report` (``toysim deep --engine dp``). Same keys for
     the per-position gradient norms, ``p_min``, the robustness bound, the attack length and the

@@ -138,7 +138,7 @@ def _constant_rows(child: Array) -> Array:
 
     The expectation of a constant is that constant *exactly*; computing it as ``Σ_v π(v) c`` would
     be off by the rounding of ``Σ_v π(v) ≈ 1``. This rule makes ``H``, ``Δ``, ``G_t`` and the tilt
-    exactly constant, zero or unchanged below every determined prefix (THEORY 5, 7).
+    exactly constant, zero or unchanged below every determined prefix (docs/theory.md §5, 7).
     """
     return jnp.all(child == child[:, :1], axis=-1)
 

@@ -1,4 +1,4 @@
-"""The equilibrium of KL-regularised alignment in closed form (THEORY.md section 7).
+"""The equilibrium of KL-regularised alignment in closed form (docs/theory.md §7).
 
 The minimiser over all policies of ``L(π) = λ E_π[h] + KL(π ‖ π_0)`` is the tilt
 ``π*(y) ∝ π_0(y) e^{−λ h(y)}``. Per token, ``π*(v | p) = π_0(v | p) Z_t(p·v) / Z_{t−1}(p)`` with

@@ -1,4 +1,4 @@
-"""The alignment gradient as a covariance, and its autodiff references (THEORY.md sections 4, 6).
+"""The alignment gradient as a covariance, and its autodiff references (docs/theory.md §4, 6).
 
 [Thm 8]: ``∇_θ E[h] = Σ_t G_t`` with ``G_t = E_{y<t}[Cov_{y_t}(H_t, s_t)]``. Because
 ``Σ_v π(v|p) Δ_t(p·v) = 0`` (martingale property), the covariance at a prefix equals
@@ -7,7 +7,7 @@
     G_t = J_{t-1}ᵀ w_t,     w_t(p, v) = P(p) π(v|p) (H_t(p·v) − H_{t−1}(p)),
 
 a vector-Jacobian product of the level-``t−1`` logits with the *covariance weights* ``w_t``. For a
-tabular policy ``J`` is the identity and ``w_t`` is the gradient itself (THEORY 4, closed form).
+tabular policy ``J`` is the identity and ``w_t`` is the gradient itself (docs/theory.md §4, closed form).
 
 The autodiff references are independent of ``H``: :func:`autodiff_gradient` is ``jax.grad`` of
 ``E[h] = Σ_y P(y) h(y)``, and :func:`untied_autodiff_gradient` unties the parameters by position.
@@ -36,7 +36,7 @@ def tree_sq_norm(tree: PyTree) -> Array:
 def covariance_weights(levels: Levels, martingale: tuple[Array, ...]) -> tuple[Array, ...]:
     """``w_t(p, v) = P(p) π(v|p) Δ_t(p·v)`` for ``t = 1..T``, each of shape ``(V**(t-1), V)``.
 
-    ``w_t`` is ``∂E[h] / ∂logit(p, v)`` for a tabular policy (THEORY 4, closed form).
+    ``w_t`` is ``∂E[h] / ∂logit(p, v)`` for a tabular policy (docs/theory.md §4, closed form).
     """
     deltas = innovations(martingale)
     return tuple(level_weights(levels, t + 1) * deltas[t] for t in range(len(deltas)))
@@ -114,7 +114,7 @@ def logit_cotangents(policy: Any, params: PyTree, h: Float[Array, " leaves"]) ->
 
     Differentiates ``E[h] = Σ_y P(y) h(y)`` through ``log_softmax`` and the log-probability
     accumulation with respect to each level's logit array, treated as independent inputs: this is
-    the untying of THEORY 4 at the level of the logits. Independent of ``H``.
+    the untying of docs/theory.md §4 at the level of the logits. Independent of ``H``.
 
     Returns:
       ``T`` arrays, entry ``t`` of shape ``(V**t, V)``.
@@ -129,7 +129,7 @@ def logit_cotangents(policy: Any, params: PyTree, h: Float[Array, " leaves"]) ->
 
 
 def untied_autodiff_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple:
-    """Per-position autodiff gradients: ``G_t = ∂E[h]/∂θ_t`` with ``θ_1 = … = θ_T = θ`` (THEORY 4).
+    """Per-position autodiff gradients: ``G_t = ∂E[h]/∂θ_t`` with ``θ_1 = … = θ_T = θ`` (docs/theory.md §4).
 
     :func:`logit_cotangents` pulled back through each level's parameterisation. This equals
     differentiating with respect to ``T`` separate parameter copies (see

@@ -1,4 +1,4 @@
-"""Deterministic harm functions ``h : V^T → [0, 1]`` (THEORY.md section 1).
+"""Deterministic harm functions ``h : V^T → [0, 1]`` (docs/theory.md §1).
 
 Two representations: a full table of leaf values (:class:`TableHarm`) and a deterministic finite
 automaton with a harm value per final state (:class:`AutomatonHarm`). The named families

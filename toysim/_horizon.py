@@ -1,4 +1,4 @@
-"""Harm horizons: where the harm is already decided (THEORY.md section 5).
+"""Harm horizons: where the harm is already decided (docs/theory.md §5).
 
 A prefix ``p`` of length ``t`` is *determined* when ``h(p·c)`` is the same for every continuation
 ``c``. This is a property of ``h`` alone (softmax policies have full support), decided exactly by

@@ -1,4 +1,4 @@
-"""The harm martingale, its innovations and the harm information (THEORY.md sections 2-3).
+"""The harm martingale, its innovations and the harm information (docs/theory.md §2-3).
 
 All quantities are reductions of the engine's two passes (``toysim._enumerate``):
 ``H_t = E[h | Y_≤t]`` is :func:`~toysim._enumerate.backward` applied to the harm table.

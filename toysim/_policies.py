@@ -1,4 +1,4 @@
-"""Autoregressive softmax policies over a finite vocabulary (THEORY.md section 1).
+"""Autoregressive softmax policies over a finite vocabulary (docs/theory.md §1).
 
 A policy object is a frozen dataclass holding only static integers (so it can be a static
 argument of ``jax.jit``); its parameters are a separate pytree. Every policy answers one
@@ -6,7 +6,7 @@ question, :meth:`logits`: the unnormalised logits of all ``V**t`` prefixes of le
 once, in lexicographic order with the first token most significant. The enumeration engine
 (``toysim._enumerate``) builds everything else from that.
 
-Three parameterisations, as THEORY.md requires:
+Three parameterisations, as docs/theory.md requires:
 
 * :class:`TabularPolicy` -- one free logit vector per prefix (untied across positions).
 * :class:`MarkovPolicy` -- n-gram logits that depend on the last ``order`` tokens only, with a
@@ -71,7 +71,7 @@ def _last_tokens(vocab_size: int, t: int, window: int) -> Int[Array, "prefix win
 
 @dataclasses.dataclass(frozen=True)
 class TabularPolicy:
-    """One free logit vector per prefix: ``logits(p) = θ_p`` (THEORY.md section 1).
+    """One free logit vector per prefix: ``logits(p) = θ_p`` (docs/theory.md §1).
 
     Parameters are a tuple of ``T`` arrays; entry ``t`` has shape ``(V**t, V)`` and holds the
     logits of every prefix of length ``t`` in lexicographic order. This is also the row order of

@@ -1,4 +1,4 @@
-"""Recovery penalties and deep alignment (THEORY.md sections 8 and 9).
+"""Recovery penalties and deep alignment (docs/theory.md §8 and 9).
 
 Deep alignment adds to the standard objective a penalty for *not* recovering after an adversarial
 prefix: with recovery tokens ``R ⊂ V``, an adversarial prefix distribution ``Q`` and weights
@@ -275,7 +275,7 @@ def _objective(levels: Levels, base: Levels, h: Array, lam: float, spec: Recover
 def deep_objective(
     policy: Any, params: PyTree, base: Levels, h: Float[Array, " leaves"], lam: float, spec: RecoverySpec
 ) -> Array:
-    """``L_deep(θ) = λ E[h] + μ E_Q[Σ_t γ^{t−1}(1 − π_θ(R|y_<t))] + KL(π_θ ‖ π_0)`` (THEORY 8).
+    """``L_deep(θ) = λ E[h] + μ E_Q[Σ_t γ^{t−1}(1 − π_θ(R|y_<t))] + KL(π_θ ‖ π_0)`` (docs/theory.md §8).
 
     The KL is the sequence KL, computed by the chain rule ``Σ_t E_{p~π_θ}[KL(π_θ(·|p) ‖ π_0(·|p))]``.
 
@@ -341,7 +341,7 @@ def recovery_gradient(policy: Any, params: PyTree, spec: RecoverySpec) -> tuple[
     For softmax logits ``∂π(R|p)/∂logit(p, v) = π(v|p) (1[v ∈ R] − π(R|p))``, so the gradient at
     position ``t`` is the VJP of the level-``t−1`` logits with weights
     ``w_t(p, v) = −μγ^{t−1} Q(p) π(v|p) (1[v ∈ R] − π(R|p))``. It is non-zero wherever ``Q`` has
-    mass and ``0 < π(R|p) < 1``, beyond the harm horizon included (THEORY 8).
+    mass and ``0 < π(R|p) < 1``, beyond the harm horizon included (docs/theory.md §8).
 
     Returns:
       ``T`` pytrees shaped like ``params``.
@@ -382,7 +382,7 @@ def gibbs_policy(base: Levels, spec: RecoverySpec) -> Levels:
 def separable_objective(
     params: tuple[Array, ...], base: Levels, h: Float[Array, " leaves"], lam: float, spec: RecoverySpec
 ) -> Array:
-    """The separable tabular objective for which the Gibbs form is exact (THEORY 8, *ours*).
+    """The separable tabular objective for which the Gibbs form is exact (docs/theory.md §8, *ours*).
 
     ``Σ_t Σ_p Q(p) [μγ^{t−1}(1 − π(R|p)) + KL(π(·|p) ‖ π_0(·|p))] + λ E_π[h]``: prefixes are weighted
     by ``Q`` rather than by ``π``. With ``λ = 0`` the minimiser is the Gibbs form at every prefix
@@ -625,7 +625,7 @@ def log_no_recovery(levels: Levels, mask: np.ndarray) -> tuple[Array, ...]:
 def attack_success(levels: Levels, spec: RecoverySpec) -> Float[Array, " T"]:
     """Prefilling-attack success at depth ``k``: ``E_{p ~ Q_k}[P_θ(no recovery token after p)]``.
 
-    (THEORY 9, toy version of Qi et al.) For ``k = 0..T−1``.
+    (docs/theory.md §9, toy version of Qi et al.) For ``k = 0..T−1``.
     """
     log_n = log_no_recovery(levels, spec.mask)
     return jnp.stack([jnp.sum(spec.q_prefix[k] * jnp.exp(log_n[k])) for k in range(levels.horizon)])
@@ -641,7 +641,7 @@ def standard_optimum(base: Levels, h: Float[Array, " leaves"], lam: float) -> Le
 
 @functools.partial(jax.jit, static_argnames=("num_samples",))
 def augmentation_samples(key: jax.Array, levels: Levels, spec: RecoverySpec, num_samples: int) -> Array:
-    """Monte-Carlo samples of the recovery term by Qi et al.'s augmentation recipe (THEORY 9).
+    """Monte-Carlo samples of the recovery term by Qi et al.'s augmentation recipe (docs/theory.md §9).
 
     Each sample draws a harmful response prefix ``y ~ Q`` (its first ``T − 1`` tokens, from
     ``Q_{T−1}``), a uniform prefix length ``t − 1`` with ``t ~ U{1..T}``, and scores the
@@ -701,7 +701,7 @@ def deep_report(
     steps: int = 300,
     delta: float | None = None,
 ) -> dict:
-    """Everything THEORY.md §8-9 says about one instance, as a JSON-ready dict (``toysim deep``).
+    """Everything docs/theory.md §8-9 says about one instance, as a JSON-ready dict (``toysim deep``).
 
     The instance's policy is ``π_0``. Gradients are taken in the instance's own parameterisation at
     ``θ = θ_0``; optima are over all (tabular) policies: the standard-aligned one is the tilt, the

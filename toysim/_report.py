@@ -2,7 +2,7 @@
 
 One jitted function, :func:`analyze`, runs the engine's forward pass once for the policy, one
 backward pass for ``H``, one log-space backward pass for the tilt, and reads every quantity of
-THEORY.md sections 2-7 off those arrays.
+docs/theory.md §2–7 off those arrays.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ PyTree = Any
 
 
 class Analysis(NamedTuple):
-    """Every exact quantity of one instance (THEORY.md sections 2-7).
+    """Every exact quantity of one instance (docs/theory.md §2–7).
 
     Attributes:
       expected_harm: ``E[h]``.

@@ -1,4 +1,4 @@
-"""Sampling versus exactness: the REINFORCE estimate of every ``G_t`` (THEORY.md section 10).
+"""Sampling versus exactness: the REINFORCE estimate of every ``G_t`` (docs/theory.md §10).
 
 The exact engine gives ``G_t = E_{y<t}[Cov(H_t, s_t | y_<t)]`` to float64 precision. A sampler
 sees only ``N`` sequences ``y⁽ⁿ⁾ ~ π_θ`` and estimates
@@ -99,7 +99,7 @@ def reinforce_gradients(
     num_samples: int,
     baseline: str = "leave_one_out",
 ) -> tuple[PyTree, ...]:
-    """REINFORCE estimates ``Ĝ_1..Ĝ_T`` from ``N`` sampled sequences (THEORY §10).
+    """REINFORCE estimates ``Ĝ_1..Ĝ_T`` from ``N`` sampled sequences (docs/theory.md §10).
 
     ``Ĝ_t = (1/N) Σ_n (h(y⁽ⁿ⁾) − b_n) ∇_θ log π_θ(y⁽ⁿ⁾_t | y⁽ⁿ⁾_<t)``: the gradient, with respect
     to position ``t``'s copy of the parameters, of the surrogate
@@ -203,7 +203,7 @@ def sampling_versus_exact(
       timings: also measure wall times (key ``"timings"``; differs between runs).
 
     Returns:
-      A JSON-ready dict (THEORY §10).
+      A JSON-ready dict (docs/theory.md §10).
 
     Raises:
       ValueError: for a sample size below 2 or ``repeats < 1``.

@@ -1,4 +1,4 @@
-"""Exact KL-regularised alignment training (THEORY.md section 7).
+"""Exact KL-regularised alignment training (docs/theory.md §7).
 
 The objective ``L(θ) = λ E_{π_θ}[h] + KL(π_θ ‖ π_0)`` is computed exactly from the engine's forward
 pass: ``E[h]`` as a sum over leaves, the sequence KL by the chain rule as the per-position sum
