@@ -32,7 +32,9 @@ def _compare(actual, expected, path, tol, problems):
             _compare(actual[k], expected[k], f"{path}.{k}", key_tol, problems)
     elif isinstance(expected, list):
         if not isinstance(actual, list) or len(actual) != len(expected):
-            problems.append(f"{path}: {type(actual).__name__} of length {len(actual) if isinstance(actual, list) else '-'} != list of {len(expected)}")
+            problems.append(
+                f"{path}: {type(actual).__name__} of length {len(actual) if isinstance(actual, list) else '-'} != list of {len(expected)}"
+            )
             return
         for i, (a, e) in enumerate(zip(actual, expected)):
             _compare(a, e, f"{path}[{i}]", tol, problems)
