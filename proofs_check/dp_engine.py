@@ -355,7 +355,9 @@ CHECKS = [
             "partial chunk reduced into zeros": _tail_zeroed,
         },
         applies_to="first-order Markov policies (V = 2, T = 131) with automaton harms padded to 6 states",
-        examples=4,
+        # about 71 % of drawn inputs carry information past position 128 (measured 54/76): with 8
+        # inputs a run that exercises none (verdict VACUOUS, exit 1) has probability ~5e-5
+        examples=8,
         exercised=exercised_chunk,
     ),
 ]
