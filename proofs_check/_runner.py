@@ -257,7 +257,14 @@ def run_check(
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     n = examples if examples is not None else check.examples * PROFILES[profile]
     theorem = check.kind == "theorem"
-    state = {"tried": 0, "exercised": 0, "worst": -math.inf, "failing": None, "failing_residual": None}
+    state = {
+        "tried": 0,
+        "exercised": 0,
+        "unmeasured": 0,
+        "worst": -math.inf,
+        "failing": None,
+        "failing_residual": None,
+    }
     start = time.perf_counter()
 
     @settings(
@@ -276,7 +283,9 @@ def run_check(
         r, used = check.assess(value)
         state["tried"] += 1
         state["exercised"] += int(used)
-        if math.isnan(r):
+        if math.isnan(r) and not theorem:
+            state["unmeasured"] += 1  # a finding that cannot be measured here (e.g. an uncertified run)
+        elif math.isnan(r):
             state["worst"] = math.nan
         elif r > state["worst"]:  # False once the worst is nan: nan stays the worst
             state["worst"] = r
@@ -325,7 +334,10 @@ def run_check(
         r = state["failing_residual"]
         return done("fails", f"FAILS (minimal residual {r:.3e})", path)
     if not theorem:
-        return done("measured", f"measured: {worst:.3e}")
+        skipped = state["unmeasured"]
+        note = f" ({skipped} of {state['tried']} inputs not measurable)" if skipped else ""
+        worst = worst if math.isfinite(worst) else math.nan
+        return done("measured", f"measured: {worst:.3e}{note}")
     if check.exercised is not None and state["exercised"] == 0:
         return done("vacuous", f"VACUOUS (none of {state['tried']} inputs exercised the statement)")
     return done("holds", "holds")

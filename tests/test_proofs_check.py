@@ -192,6 +192,16 @@ def test_finding_is_measured_never_holds(tmp_path):
     assert result.verdict == f"measured: {result.worst:.3e}" and 0 <= result.worst <= 1
 
 
+def test_finding_counts_unmeasurable_inputs_apart(tmp_path):
+    # an input whose finding cannot be measured (e.g. an uncertified training run) returns NaN: it
+    # is counted and named in the verdict, and the worst value is taken over the measured ones
+    result = run_check(
+        _fake("finding", lambda x: {"r": float("nan") if x % 2 else x / 10**6}, kind="finding"), examples=20
+    )
+    assert result.status == "measured" and result.ok
+    assert "not measurable" in result.verdict and 0 <= result.worst <= 1
+
+
 def test_runner_is_deterministic_given_the_seed():
     def record(seen):
         return _fake("record", lambda x: (seen.append(x), {"r": 0.0})[1])
