@@ -44,10 +44,14 @@ from .strategies import instances
 
 
 def _excess(lhs, rhs) -> float:
+    """Relative excess of ``lhs`` over ``rhs``, beyond the rounding of two squares
+    (``tolerances.SQUARED_ROUNDING``)."""
     lhs, rhs = np.asarray(lhs, dtype=np.float64), np.asarray(rhs, dtype=np.float64)
     if lhs.shape != rhs.shape:
         return float("inf")
-    return float(max(0.0, np.max((lhs - rhs) / np.maximum(rhs, tol.BOUND_FLOOR), initial=0.0)))
+    allowance = tol.SQUARED_ROUNDING * np.sqrt(np.maximum(np.abs(lhs), np.abs(rhs)))
+    excess = (lhs - rhs - allowance) / np.maximum(rhs, tol.BOUND_FLOOR)
+    return float(max(0.0, np.max(excess, initial=0.0)))
 
 
 def _gap(lhs, rhs) -> float:

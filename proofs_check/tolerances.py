@@ -23,6 +23,14 @@
 * :data:`BOUND_FLOOR` -- the floor of the denominator of a relative excess ``(lhs − rhs) / rhs``:
   below it the excess is absolute (a bound whose right side is 1e-12 or less is compared
   absolutely, so rounding of a vanishing ``rhs`` cannot fake a violation).
+* :data:`SQUARED_ROUNDING` -- the rounding allowance of a squared quantity ``Q = ‖x‖²`` built from
+  differences of values of order one (``Δ = H(p·v) − H(p)``, ``1 − Σπ²``): each difference carries
+  an absolute error of at most a few dozen roundings ``ε``, so ``Q`` carries ``≈ 2 √Q · 27 ε`` —
+  a *relative* error ``≈ 54 ε / √Q`` that grows without bound as ``Q → 0``. Both sides of a tight
+  bound (the Fisher bound at ``V = 2``) are such squares: measured ``(lhs − rhs)/rhs = 1.4e-11``
+  at ``rhs = 7e-12`` (seed 7), and an input with ``rhs ~ 1e-20`` would read ``~1e-6``. An excess is
+  therefore counted only beyond ``SQUARED_ROUNDING · √max(lhs, rhs)`` (``1e3 ε``, 18 times the
+  model); a real violation is relative (the planted bugs read 1e-2 to 1e10) and unaffected.
 """
 
 REFERENCE = 1e-10
@@ -31,6 +39,7 @@ DP_REFERENCE = 1e-10
 EXACT = 0.0
 BOUND_FLOOR = 1e-12
 ROUNDING_VARIANCE = 1e-28
+SQUARED_ROUNDING = 1e3 * 2.0**-52
 
 REFERENCE_REASON = (
     "engine against a brute-force reference: float64 sums of ≤ 27 terms of order one, O(100) "
