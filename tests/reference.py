@@ -11,40 +11,8 @@ import itertools
 
 import numpy as np
 
-from toysim import MarkovPolicy, MLPPolicy, TabularPolicy
-
-
-def lex_index(prefix, vocab_size):
-    index = 0
-    for tok in prefix:
-        index = index * vocab_size + tok
-    return index
-
-
-def prefix_logits(policy, params, prefix):
-    """Logits of one prefix, straight from the policy's definition."""
-    v, t = policy.vocab_size, len(prefix)
-    if isinstance(policy, TabularPolicy):
-        return np.asarray(params[t][lex_index(prefix, v)], dtype=np.float64)
-    if isinstance(policy, MarkovPolicy):
-        context = 0
-        for j in range(policy.order):  # j = 0 is the most recent token
-            tok = prefix[t - 1 - j] if j < t else v
-            context += tok * (v + 1) ** j
-        return np.asarray(params.logits[context], dtype=np.float64)
-    if isinstance(policy, MLPPolicy):
-        feats = []
-        for j in range(policy.window):
-            onehot = np.zeros(v + 1)
-            onehot[prefix[t - 1 - j] if j < t else v] = 1.0
-            feats.append(onehot)
-        freq = np.zeros(v)
-        for tok in prefix:
-            freq[tok] += 1.0 / t
-        x = np.concatenate(feats + [freq])
-        w_in, b_in, w_out, b_out = (np.asarray(a, dtype=np.float64) for a in params)
-        return np.tanh(x @ w_in + b_in) @ w_out + b_out
-    raise TypeError(policy)
+# the per-prefix logits are the checks' own reference (one definition of each policy family)
+from proofs_check.reference import lex_index, prefix_logits
 
 
 def softmax(z):
