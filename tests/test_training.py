@@ -8,6 +8,7 @@ import copy
 import json
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -337,3 +338,32 @@ def test_cli_deep_certifies_both_optima_and_exits_1_when_one_fails(tmp_path, cap
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and err.startswith("toysim: did not converge: ") and "after 1 steps" in err
     assert json.loads(out)["certificates"]["separable"]["converged"] is False
+
+
+def test_kl_clamp_keeps_the_training_objectives_derivatives():
+    # The per-prefix KL is clamped at 0 against rounding (values only): its gradient and Hessian
+    # must be those of the plain sum Σ P(p) Σ_v π (log π − log π_0). A clamp inside the derivative
+    # would flatten the curvature at π = π_0 (every prefix KL is 0 there) and break certification.
+    policy = toysim.TabularPolicy(2, 3)
+    params0 = policy.init(jax.random.key(11))
+    base = toysim.forward(policy, params0)
+    h = jnp.asarray([0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+
+    def plain(params):
+        levels = toysim.forward(policy, params)
+        kl = 0.0
+        for t, (lc, lb) in enumerate(zip(levels.log_cond, base.log_cond)):
+            kl = kl + jnp.sum(jnp.exp(levels.log_prefix[t])[:, None] * jnp.exp(lc) * (lc - lb))
+        return 0.7 * jnp.sum(jnp.exp(levels.log_prefix[-1]) * h) + kl
+
+    def library(params):
+        return alignment_loss(policy, params, base, h, 0.7)
+
+    for params in (params0, jax.tree_util.tree_map(lambda x: x + 0.3, params0)):
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+        h_lib = jax.hessian(lambda x: library(unravel(x)))(flat)
+        h_ref = jax.hessian(lambda x: plain(unravel(x)))(flat)
+        assert_close(h_lib, h_ref, what="Hessian of the alignment objective")
+        assert_close(
+            jax.grad(lambda x: library(unravel(x)))(flat), jax.grad(lambda x: plain(unravel(x)))(flat)
+        )

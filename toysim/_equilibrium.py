@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -78,8 +79,16 @@ def _prefix_kl(log_p: Array, log_q: Array) -> Array:
     sums terms of both signs and can round to about −1e-16 (λ = 1e-12 gave ``D_1 = −8e-17``); the
     true value is then below the rounding (``≈ λ² Var/2``), so 0 is the closest float64 answer.
     The DP engine clamps its per-state KL the same way (``toysim/_dp.py``, ``_position_terms``).
+
+    The clamp corrects the *value* only: derivatives are those of the unclamped sum (a
+    straight-through correction). The training objective ``λ E[h] + KL`` is differentiated through
+    this function; a plain ``maximum`` would zero the gradient and the Hessian of every prefix whose
+    KL rounds below 0 (all of them at ``π = π_0``), and the certificate would then see a flat or
+    negative curvature where the true objective is strictly convex (seen: figure 4's MLP run, not
+    certified, ``μ_min = −6e-8``).
     """
-    return jnp.maximum(xlogy_kl(log_p, log_q), 0.0)
+    kl = xlogy_kl(log_p, log_q)
+    return kl + jax.lax.stop_gradient(jnp.maximum(kl, 0.0) - kl)
 
 
 def _average_over_prefixes(p: Levels, per_prefix) -> Float[Array, " T"]:
