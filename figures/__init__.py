@@ -178,16 +178,15 @@ def _prepare_out_dir(out_dir: str | os.PathLike | None) -> Path:
     return path
 
 
-def write_atomic(fig, path: Path, **savefig_kwargs) -> Path:
-    """``fig.savefig`` to a temporary file in ``path``'s folder, then ``os.replace`` onto ``path``.
+def _replace_atomically(path: Path, write, mode: str) -> Path:
+    """``write(handle)`` into a temporary file in ``path``'s folder, then ``os.replace`` onto ``path``.
 
     A failure at any point leaves the previous ``path`` untouched and no temporary file behind.
     """
-    fmt = path.suffix.lstrip(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".{fmt}.tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format=fmt, **savefig_kwargs)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            write(handle)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; figures are for everyone to read
         os.replace(tmp, path)
     except BaseException:
@@ -195,6 +194,12 @@ def write_atomic(fig, path: Path, **savefig_kwargs) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_atomic(fig, path: Path, **savefig_kwargs) -> Path:
+    """``fig.savefig`` onto ``path`` atomically (:func:`_replace_atomically`)."""
+    fmt = path.suffix.lstrip(".")
+    return _replace_atomically(path, lambda h: fig.savefig(h, format=fmt, **savefig_kwargs), "wb")
 
 
 def save_figure(fig, out_dir: Path, name: str) -> list[Path]:
@@ -258,18 +263,8 @@ def data_record(name: str, numbers: dict, trained: dict | None, tiny: bool) -> d
 
 
 def write_text_atomic(text: str, path: Path) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (as :func:`write_atomic`)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``text`` to ``path`` atomically (:func:`_replace_atomically`)."""
+    return _replace_atomically(path, lambda h: h.write(text), "w")
 
 
 def build(spec: FigureSpec, tiny: bool = False):
