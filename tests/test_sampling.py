@@ -18,9 +18,7 @@ from proofs_check import sampling
 from proofs_check.strategies import make_policy
 from toysim._cli import main
 from toysim._sampling import (
-    _lex_index,
     exact_gradients,
-    prefix_logits,
     reinforce_gradients,
     sample_sequences,
     sampling_versus_exact,
@@ -39,7 +37,7 @@ def test_prefix_logits_match_the_level_logits(kind, v, seed):
     params = policy.init(jax.random.key(seed))
     for t in range(3):
         tokens = toysim.prefix_digits(v, t)
-        got = prefix_logits(policy, params, t, tokens, _lex_index(tokens, v))
+        got = policy.prefix_logits(params, tokens)
         np.testing.assert_array_equal(got, policy.logits(params, t))
 
 

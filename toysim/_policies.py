@@ -1,10 +1,12 @@
 """Autoregressive softmax policies over a finite vocabulary (docs/theory.md §1).
 
 A policy object is a frozen dataclass holding only static integers (so it can be a static
-argument of ``jax.jit``); its parameters are a separate pytree. Every policy answers one
-question, :meth:`logits`: the unnormalised logits of all ``V**t`` prefixes of length ``t`` at
-once, in lexicographic order with the first token most significant. The enumeration engine
-(``toysim._enumerate``) builds everything else from that.
+argument of ``jax.jit``); its parameters are a separate pytree. Every policy implements
+the :class:`toysim.Policy` interface (``toysim._types``). Its central question is :meth:`logits`:
+the unnormalised logits of all ``V**t`` prefixes of length ``t`` at once, in lexicographic order
+with the first token most significant; the enumeration engine (``toysim._enumerate``) builds
+everything else from that. The sampler asks :meth:`prefix_logits` instead: the logits of a batch
+of given prefixes, computed from the same definition without enumerating the level.
 
 Three parameterisations, as docs/theory.md requires:
 
@@ -18,13 +20,13 @@ Three parameterisations, as docs/theory.md requires:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-PyTree = Any
+from ._types import Policy, PyTree
 
 
 def _check_positive_int(name: str, value: Any, minimum: int) -> None:
@@ -69,6 +71,21 @@ def _last_tokens(vocab_size: int, t: int, window: int) -> Int[Array, "prefix win
     return jnp.stack(cols, axis=1) if cols else jnp.zeros((index.shape[0], 0), index.dtype)
 
 
+def _last_columns(vocab_size: int, prefixes: Int[Array, "n t"], window: int) -> Int[Array, "n window"]:
+    """Last ``window`` tokens of given prefixes, most recent first, BOS-padded (as :func:`_last_tokens`)."""
+    n, t = prefixes.shape
+    cols = [prefixes[:, t - 1 - j] if j < t else jnp.full((n,), vocab_size) for j in range(window)]
+    return jnp.stack(cols, axis=1)
+
+
+def _lex_index(prefixes: Int[Array, "n t"], vocab_size: int) -> Int[Array, " n"]:
+    """Lexicographic index ``Σ_j y_j V^{t−1−j}`` of each prefix (row order of :func:`prefix_digits`)."""
+    index = jnp.zeros((prefixes.shape[0],), dtype=jnp.int32)
+    for j in range(prefixes.shape[1]):
+        index = index * vocab_size + prefixes[:, j]
+    return index
+
+
 @dataclasses.dataclass(frozen=True)
 class TabularPolicy:
     """One free logit vector per prefix: ``logits(p) = θ_p`` (docs/theory.md §1).
@@ -90,8 +107,8 @@ class TabularPolicy:
 
     vocab_size: int
     horizon: int
-    is_lookup = True  # each prefix reads one free row of logits (not a dataclass field)
-    level_reads_own_block = True  # level t's logits are exactly parameter block t
+    is_lookup: ClassVar[bool] = True  # each prefix reads one free row of logits
+    level_reads_own_block: ClassVar[bool] = True  # level t's logits are exactly parameter block t
 
     def __post_init__(self):
         _check_positive_int("vocab_size", self.vocab_size, 2)
@@ -108,6 +125,12 @@ class TabularPolicy:
     def logits(self, params: tuple[Array, ...], t: int) -> Float[Array, "prefix vocab"]:
         """Logits of all prefixes of length ``t``."""
         return params[t]
+
+    def prefix_logits(
+        self, params: tuple[Array, ...], prefixes: Int[Array, "n t"]
+    ) -> Float[Array, "n vocab"]:
+        """Logits of given prefixes of one length ``t``: the rows of block ``t`` at their indices."""
+        return params[prefixes.shape[1]][_lex_index(prefixes, self.vocab_size)]
 
     def fisher_trace(self, params: PyTree, t: int) -> Float[Array, " prefix"]:
         """``tr F_t(p) = E[‖s_t‖² | p] = 1 − ‖π(·|p)‖²`` for a lookup parameterisation."""
@@ -162,7 +185,8 @@ class MarkovPolicy:
     vocab_size: int
     horizon: int
     order: int = 1
-    is_lookup = True  # each prefix reads one row of the shared table (not a dataclass field)
+    is_lookup: ClassVar[bool] = True  # each prefix reads one row of the shared table
+    level_reads_own_block: ClassVar[bool] = False  # one table tied across positions
 
     def __post_init__(self):
         _check_positive_int("vocab_size", self.vocab_size, 2)
@@ -176,13 +200,20 @@ class MarkovPolicy:
 
     def contexts(self, t: int) -> Int[Array, " prefix"]:
         """Row of the logit table read by every prefix of length ``t``."""
-        last = _last_tokens(self.vocab_size, t, self.order)
+        return self._rows(_last_tokens(self.vocab_size, t, self.order))
+
+    def _rows(self, last: Int[Array, "n order"]) -> Int[Array, " n"]:
+        """Table row of the BOS-padded last ``order`` tokens (most recent first)."""
         weights = (self.vocab_size + 1) ** jnp.arange(self.order)
         return jnp.sum(last * weights[None, :], axis=1)
 
     def logits(self, params: MarkovParams, t: int) -> Float[Array, "prefix vocab"]:
         """Logits of all prefixes of length ``t``."""
         return params.logits[self.contexts(t)]
+
+    def prefix_logits(self, params: MarkovParams, prefixes: Int[Array, "n t"]) -> Float[Array, "n vocab"]:
+        """Logits of given prefixes of one length: the rows of their BOS-padded last ``order`` tokens."""
+        return params.logits[self._rows(_last_columns(self.vocab_size, prefixes, self.order))]
 
     def fisher_trace(self, params: MarkovParams, t: int) -> Float[Array, " prefix"]:
         """``tr F_t(p) = 1 − ‖π(·|p)‖²``: each prefix reads exactly one row of the table."""
@@ -228,7 +259,8 @@ class MLPPolicy:
     horizon: int
     window: int = 2
     hidden: int = 8
-    is_lookup = False
+    is_lookup: ClassVar[bool] = False  # every weight feeds every prefix's logits
+    level_reads_own_block: ClassVar[bool] = False  # weights tied across positions
 
     def __post_init__(self):
         _check_positive_int("vocab_size", self.vocab_size, 2)
@@ -254,26 +286,42 @@ class MLPPolicy:
     def features(self, t: int) -> Float[Array, "prefix features"]:
         """Input features of all prefixes of length ``t``."""
         v = self.vocab_size
-        last = _last_tokens(v, t, self.window)
-        onehots = jax.nn.one_hot(last, v + 1).reshape(last.shape[0], -1)
+        return self._encode(_last_tokens(v, t, self.window), prefix_digits(v, t))
+
+    def _encode(
+        self, last: Int[Array, "n window"], prefixes: Int[Array, "n t"]
+    ) -> Float[Array, "n features"]:
+        """One-hot codes of the last tokens, then the token frequencies of the whole prefixes."""
+        v = self.vocab_size
+        n, t = prefixes.shape
+        onehots = jax.nn.one_hot(last, v + 1).reshape(n, -1)
         if t == 0:
-            freq = jnp.zeros((1, v))
+            freq = jnp.zeros((n, v))
         else:
-            freq = jax.nn.one_hot(prefix_digits(v, t), v).sum(axis=1) / t
+            freq = jax.nn.one_hot(prefixes, v).sum(axis=1) / t
         return jnp.concatenate([onehots, freq], axis=1)
+
+    @staticmethod
+    def _network(params: MLPParams, x: Float[Array, "n features"]) -> Float[Array, "n vocab"]:
+        x = x.astype(params.w_in.dtype)
+        hidden = jnp.tanh(x @ params.w_in + params.b_in)
+        return hidden @ params.w_out + params.b_out
 
     def logits(self, params: MLPParams, t: int) -> Float[Array, "prefix vocab"]:
         """Logits of all prefixes of length ``t``."""
-        x = self.features(t).astype(params.w_in.dtype)
-        hidden = jnp.tanh(x @ params.w_in + params.b_in)
-        return hidden @ params.w_out + params.b_out
+        return self._network(params, self.features(t))
+
+    def prefix_logits(self, params: MLPParams, prefixes: Int[Array, "n t"]) -> Float[Array, "n vocab"]:
+        """Logits of given prefixes of one length: the network on their features."""
+        last = _last_columns(self.vocab_size, prefixes, self.window)
+        return self._network(params, self._encode(last, prefixes))
 
     def fisher_trace(self, params: MLPParams, t: int) -> Float[Array, " prefix"]:
         """``tr F_t(p) = Σ_v π(v|p) ‖∇_θ log π(v|p)‖²`` from the full Jacobian (small sizes)."""
         return generic_fisher_trace(self, params, t)
 
 
-def generic_fisher_trace(policy: Any, params: PyTree, t: int) -> Float[Array, " prefix"]:
+def generic_fisher_trace(policy: Policy, params: PyTree, t: int) -> Float[Array, " prefix"]:
     """Conditional Fisher trace of any policy from the Jacobian of its log-probabilities.
 
     Costs ``V**t · V · |θ|`` memory; meant for small instances and for tests.
@@ -289,6 +337,3 @@ def generic_fisher_trace(policy: Any, params: PyTree, t: int) -> Float[Array, " 
     )
     probs = jnp.exp(log_probs(params))
     return jnp.sum(probs * sq, axis=-1)
-
-
-Policy = TabularPolicy | MarkovPolicy | MLPPolicy

@@ -11,7 +11,8 @@ independent of ``y⁽ⁿ⁾`` because the samples are i.i.d.). Beyond the harm h
 ``G_t`` is 0 while ``Ĝ_t`` is noise of size ``O(1/√N)``: the theorem is invisible to a sampler.
 
 Sampling draws one token per position with ``jax.random.categorical``, the key split from a seed;
-logits are computed only for the sampled prefixes (no enumeration of the tree).
+logits are computed only for the sampled prefixes (``Policy.prefix_logits``, no enumeration of the
+tree), so any policy implementing :class:`toysim.Policy` can be sampled.
 """
 
 from __future__ import annotations
@@ -23,58 +24,28 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float
 
 from ._enumerate import forward
 from ._gradient import covariance_gradient, tree_sq_norm, untied_autodiff_gradient
 from ._horizon import determined_masks, uniform_horizon
 from ._martingale import harm_martingale
-from ._policies import MarkovPolicy, MLPPolicy, TabularPolicy
-
-PyTree = Any
+from ._types import Policy, PyTree
 
 BASELINES = ("none", "leave_one_out")
 
 
-def prefix_logits(
-    policy: Any, params: PyTree, t: int, tokens: Int[Array, "n t"], index: Int[Array, " n"]
-) -> Float[Array, "n vocab"]:
-    """Logits of given prefixes of length ``t`` only, without enumerating the level.
+def sample_sequences(policy: Policy, params: PyTree, key: jax.Array, num_samples: int) -> tuple[Array, Array]:
+    """``N`` i.i.d. sequences ``y ~ π_θ``, token by token with ``jax.random.categorical``.
+
+    Position ``t`` draws from ``policy.prefix_logits(params, tokens[:, :t])`` with key ``t`` of
+    ``jax.random.split(key, T)``.
 
     Args:
-      policy: the policy object.
+      policy: any :class:`toysim.Policy`.
       params: its parameters.
-      t: prefix length.
-      tokens: ``(N, t)`` the prefixes' tokens.
-      index: ``(N,)`` their lexicographic indices (``Σ_j y_j V^{t−1−j}``).
-
-    Returns:
-      ``(N, V)``, equal to ``policy.logits(params, t)[index]``.
-    """
-    v = policy.vocab_size
-    n = tokens.shape[0]
-    if isinstance(policy, TabularPolicy):
-        return params[t][index]
-    if isinstance(policy, MarkovPolicy):
-        ctx = jnp.zeros((n,), dtype=index.dtype)
-        for j in range(policy.order):
-            tok = tokens[:, t - 1 - j] if j < t else jnp.full((n,), v, dtype=index.dtype)
-            ctx = ctx + tok * (v + 1) ** j
-        return params.logits[ctx]
-    if isinstance(policy, MLPPolicy):
-        cols = [tokens[:, t - 1 - j] if j < t else jnp.full((n,), v) for j in range(policy.window)]
-        onehots = jax.nn.one_hot(jnp.stack(cols, axis=1), v + 1).reshape(n, -1)
-        if t == 0:
-            freq = jnp.zeros((n, v))
-        else:
-            freq = jax.nn.one_hot(tokens, v).sum(axis=1) / t
-        x = jnp.concatenate([onehots, freq], axis=1).astype(params.w_in.dtype)
-        return jnp.tanh(x @ params.w_in + params.b_in) @ params.w_out + params.b_out
-    return policy.logits(params, t)[index]
-
-
-def sample_sequences(policy: Any, params: PyTree, key: jax.Array, num_samples: int) -> tuple[Array, Array]:
-    """``N`` i.i.d. sequences ``y ~ π_θ``, token by token with ``jax.random.categorical``.
+      key: a ``jax.random`` key.
+      num_samples: ``N``.
 
     Returns:
       ``(tokens (N, T), leaf index (N,))``.
@@ -83,7 +54,7 @@ def sample_sequences(policy: Any, params: PyTree, key: jax.Array, num_samples: i
     tokens = jnp.zeros((num_samples, 0), dtype=jnp.int32)
     index = jnp.zeros((num_samples,), dtype=jnp.int32)
     for t in range(policy.horizon):
-        logits = prefix_logits(policy, params, t, tokens, index)
+        logits = policy.prefix_logits(params, tokens)
         y_t = jax.random.categorical(keys[t], logits, axis=-1).astype(jnp.int32)
         tokens = jnp.concatenate([tokens, y_t[:, None]], axis=1)
         index = index * policy.vocab_size + y_t
@@ -92,7 +63,7 @@ def sample_sequences(policy: Any, params: PyTree, key: jax.Array, num_samples: i
 
 @functools.partial(jax.jit, static_argnames=("policy", "num_samples", "baseline"))
 def reinforce_gradients(
-    policy: Any,
+    policy: Policy,
     params: PyTree,
     h: Float[Array, " leaves"],
     key: jax.Array,
@@ -120,13 +91,11 @@ def reinforce_gradients(
     reward = h[leaf]
     if baseline == "leave_one_out":
         reward = reward - (jnp.sum(reward) - reward) / (num_samples - 1)
-    v = policy.vocab_size
-    prefixes = [(tokens[:, :t], _lex_index(tokens[:, :t], v)) for t in range(policy.horizon)]
 
     def surrogate(copies):
         total = 0.0
-        for t, (tok, idx) in enumerate(prefixes):
-            logp = jax.nn.log_softmax(prefix_logits(policy, copies[t], t, tok, idx), axis=-1)
+        for t in range(policy.horizon):
+            logp = jax.nn.log_softmax(policy.prefix_logits(copies[t], tokens[:, :t]), axis=-1)
             chosen = jnp.take_along_axis(logp, tokens[:, t : t + 1], axis=1)[:, 0]
             total = total + jnp.mean(reward * chosen)
         return total
@@ -134,15 +103,8 @@ def reinforce_gradients(
     return tuple(jax.grad(surrogate)([params] * policy.horizon))
 
 
-def _lex_index(tokens: Array, vocab_size: int) -> Array:
-    index = jnp.zeros((tokens.shape[0],), dtype=jnp.int32)
-    for j in range(tokens.shape[1]):
-        index = index * vocab_size + tokens[:, j]
-    return index
-
-
 @functools.partial(jax.jit, static_argnames=("policy",))
-def exact_gradients(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple[PyTree, ...]:
+def exact_gradients(policy: Policy, params: PyTree, h: Float[Array, " leaves"]) -> tuple[PyTree, ...]:
     """The exact ``G_1..G_T`` in covariance form (one forward and one backward pass)."""
     levels = forward(policy, params)
     return covariance_gradient(policy, params, levels, harm_martingale(levels, h))
@@ -172,7 +134,7 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
 
 
 def sampling_versus_exact(
-    policy: Any,
+    policy: Policy,
     params: PyTree,
     h: Float[Array, " leaves"],
     samples: tuple[int, ...] = (10, 100, 1000),
