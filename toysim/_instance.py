@@ -27,6 +27,7 @@ from ._harms import (
     unreachable_states,
 )
 from ._policies import MarkovParams, MarkovPolicy, TabularPolicy
+from ._types import Policy, PyTree
 
 FORMAT = "toysim.instance/1"
 
@@ -40,8 +41,8 @@ _INT32_MAX = 2**31 - 1
 class Instance(NamedTuple):
     """A parsed instance: a policy with its parameters, a harm, and ``λ``."""
 
-    policy: Any
-    params: Any
+    policy: Policy
+    params: PyTree
     harm: Harm
     lam: float
 

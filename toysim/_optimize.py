@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-PyTree = Any
+from ._types import PyTree
 
 OPTIMIZERS = ("auto", "newton", "lbfgs", "adam", "sgd")
 # Newton (and the curvature of the certificate) build the explicit n × n Hessian: n^2 floats and

@@ -28,8 +28,7 @@ from ._horizon import determined_masks, uniform_horizon
 from ._martingale import harm_martingale
 from ._optimize import CERTIFY_TOL, Certificate, Objective, minimize
 from ._policies import TabularPolicy
-
-PyTree = Any
+from ._types import Policy, PyTree
 
 
 def _check_lambda(lam: Any) -> float:
@@ -43,7 +42,7 @@ def _check_lambda(lam: Any) -> float:
 
 
 def alignment_loss(
-    policy: Any, params: PyTree, base_levels: Levels, h: Float[Array, " leaves"], lam: float | Array
+    policy: Policy, params: PyTree, base_levels: Levels, h: Float[Array, " leaves"], lam: float | Array
 ) -> Array:
     """The exact alignment objective ``L(θ) = λ E_{π_θ}[h] + KL(π_θ ‖ π_0)`` [Thm 14].
 
@@ -95,19 +94,19 @@ class TrainingResult(NamedTuple):
     certificate: Certificate | None = None
 
 
-def policy_log_probs(policy: Any, params: PyTree) -> Array:
+def policy_log_probs(policy: Policy, params: PyTree) -> Array:
     """Every ``log π(v|p)`` of the prefix tree, concatenated: the map whose Jacobian's null space is
     the gauge of ``params`` (moves that leave the policy unchanged), used by the certificate."""
     return jnp.concatenate([jnp.ravel(x) for x in forward(policy, params).log_cond])
 
 
 @functools.partial(jax.jit, static_argnames=("policy",))
-def _kl_to_tilt(policy: Any, params: PyTree, base_levels: Levels, h: Array, lam: Array) -> Array:
+def _kl_to_tilt(policy: Policy, params: PyTree, base_levels: Levels, h: Array, lam: Array) -> Array:
     return sequence_kl(forward(policy, params), tilt(base_levels, h, lam).levels)
 
 
 @functools.partial(jax.jit, static_argnames=("policy",))
-def _snapshot(policy: Any, params: PyTree, base_levels: Levels, h: Array) -> tuple[Array, Array]:
+def _snapshot(policy: Policy, params: PyTree, base_levels: Levels, h: Array) -> tuple[Array, Array]:
     """Per-position KL to ``π_0`` and ``‖G_t‖`` at one point of training."""
     levels = forward(policy, params)
     grads = covariance_gradient(policy, params, levels, harm_martingale(levels, h))
@@ -116,7 +115,7 @@ def _snapshot(policy: Any, params: PyTree, base_levels: Levels, h: Array) -> tup
 
 
 def train_alignment(
-    policy: Any,
+    policy: Policy,
     params0: PyTree | None,
     base_params: PyTree,
     h: Float[Array, " leaves"],
@@ -204,7 +203,7 @@ def train_alignment(
 
 
 def spillover_by_position(
-    policy: Any, params: PyTree, base_params: PyTree, h: Float[Array, " leaves"]
+    policy: Policy, params: PyTree, base_params: PyTree, h: Float[Array, " leaves"]
 ) -> Float[Array, " T"]:
     """KL to ``π_0`` carried by prefixes whose harm is already determined (App. A, Thm 27).
 
@@ -228,7 +227,7 @@ def spillover_by_position(
 
 
 def training_report(
-    policy: Any,
+    policy: Policy,
     base_params: PyTree,
     h: Float[Array, " leaves"],
     lam: float,

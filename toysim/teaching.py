@@ -32,9 +32,12 @@ import dataclasses
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # jax is imported only when a checker needs the engine
+    from ._types import Policy, PyTree
 
 # Default tolerances of a learner's answer. Answers are typed by hand or computed in float64 from
 # the learner's own formula; 1e-6 absolute plus 1e-6 relative accepts any float64 computation and
@@ -282,7 +285,7 @@ def _harm_array(harm: Any, vocab_size: int, horizon: int) -> np.ndarray:
     return h
 
 
-def martingale_values(policy: Any, params: Any, harm: Any) -> dict[tuple[int, ...], float]:
+def martingale_values(policy: Policy, params: PyTree, harm: Any) -> dict[tuple[int, ...], float]:
     """``H_t(p) = E[h | Y_≤t = p]`` for every prefix ``p`` of length ``0..T``, keyed by its tokens.
 
     Args:
@@ -313,7 +316,7 @@ def _digits(index: int, vocab_size: int, t: int) -> tuple[int, ...]:
     return tuple((index // vocab_size ** (t - 1 - j)) % vocab_size for j in range(t))
 
 
-def check_martingale(answer: Any, policy: Any, params: Any, harm: Any, **tol) -> Verdict:
+def check_martingale(answer: Any, policy: Policy, params: PyTree, harm: Any, **tol) -> Verdict:
     """Check ``H_t`` of every prefix: ``answer`` maps prefixes (tuples of tokens) to values.
 
     Every prefix of length ``0..T`` must be there (``()`` is ``H_0``, a full response is
@@ -330,7 +333,7 @@ def check_martingale(answer: Any, policy: Any, params: Any, harm: Any, **tol) ->
     return check(answer, martingale_values(policy, params, harm), name="H", key_label=prefix_label, **tol)
 
 
-def check_gradient(answer: Any, policy: Any, params: Any, harm: Any, t: int, **tol) -> Verdict:
+def check_gradient(answer: Any, policy: Policy, params: PyTree, harm: Any, t: int, **tol) -> Verdict:
     """Check ``G_t = ∂E[h]/∂(logits read at position t)`` of a tabular policy.
 
     ``answer`` has the shape of the logits of position ``t``: ``(V**(t−1), V)``, row = prefix of
@@ -366,7 +369,9 @@ def check_gradient(answer: Any, policy: Any, params: Any, harm: Any, t: int, **t
     return check(answer, exact, name=f"G_{t}", key_label=label, **tol)
 
 
-def check_fisher_tight(policy: Any, params: Any, harm: Any, t: int = 1, *, rtol: float = 1e-9) -> Verdict:
+def check_fisher_tight(
+    policy: Policy, params: PyTree, harm: Any, t: int = 1, *, rtol: float = 1e-9
+) -> Verdict:
     """Is the Fisher bound ``‖G_t‖² ≤ I_t·E[tr F_t]`` (§6) tight, with ``I_t > 0``, at position ``t``?
 
     The exercise: find an instance where it is. The message gives the ratio ``‖G_t‖² / (I_t E[tr
