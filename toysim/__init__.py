@@ -123,6 +123,7 @@ from ._training import second_order_ratio as second_order_ratio
 from ._training import spillover_by_position as spillover_by_position
 from ._training import train_alignment as train_alignment
 from ._training import training_report as training_report
+from ._types import Policy as Policy
 
 __version__ = "0.1.0"
 
@@ -145,6 +146,7 @@ __all__ = [
     "MartingaleSummary",
     "Objective",
     "OptimizeResult",
+    "Policy",
     "RecoverySpec",
     "TableHarm",
     "TabularPolicy",
