@@ -20,7 +20,7 @@ Inputs: :func:`proofs_check.strategies.early_horizon_instances` (``k < T`` in mo
 Exercised: ``zero_gradient`` -- ``k < T``; ``zero_gradient_prefix`` -- some prefix shorter than
 ``T`` is determined.
 
-Tolerance 0 (exact): the engine keeps constants exact (``toysim._enumerate._constant_rows``): below a
+Tolerance 0 (exact): the engine keeps constants exact (``toysim._engine.keep_constants``): below a
 determined prefix ``H`` is copied, not averaged, so every innovation there is exactly 0.0, and a
 vector-Jacobian product of exact zeros is exact zeros. (``jax.grad`` of ``E[h]`` is *not* exactly
 zero there: it sums ``O(V)`` rounded terms that cancel only to ~1e-16 (measured: up to 2.2e-16); the covariance form is the

@@ -22,7 +22,7 @@ library's zeros are checked exactly (tolerance 0 below).
 Inputs: :func:`proofs_check.strategies.early_horizon_instances`. Exercised: ``k < T``.
 
 Tolerance 0 (exact): the engine's log-space backward pass copies constants
-(``toysim._enumerate._constant_rows``), so ``log Z`` of the children of a determined prefix equal its
+(``toysim._engine.keep_constants``), so ``log Z`` of the children of a determined prefix equal its
 own bit for bit, ``log π* − log π_0`` is exactly 0.0 there and so is every term of the KL.
 """
 

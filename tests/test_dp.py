@@ -128,12 +128,14 @@ def test_dp_tilted_chain_is_the_equilibrium(inst):
     v, T = policy.vocab_size, policy.horizon
     aut = _dp.automaton_arrays(harm, v)
     log_cond = _dp._markov_log_cond(inst.params.logits)
-    star = _dp.dp_tilted_chain(log_cond, aut, _dp.dp_log_partition(log_cond, aut, T, inst.lam))
+    log_z = toysim.log_partition(_dp.ProductEngine(log_cond, aut, T), aut.final_harm, inst.lam)
+    star = _dp.ProductEngine(_dp.dp_tilted_chain(log_cond, aut, log_z), aut, T)
     h = jnp.asarray(toysim.harm_values(harm, v, T))
     summary = enumeration_tilt(policy, inst.params, h, inst.lam)
-    assert_close(_dp.dp_martingale(star, aut, T)[0, v, aut.start], summary.expected_harm, what="E*[h]")
-    assert_close(_dp.dp_information(star, aut, T), summary.information, what="I_t under pi*")
-    log_p = _dp.dp_state_log_probs(star, aut, T)
+    mart = toysim.harm_martingale(star, aut.final_harm)
+    assert_close(mart[0, v, aut.start], summary.expected_harm, what="E*[h]")
+    assert_close(toysim.harm_information(star, mart), summary.information, what="I_t under pi*")
+    log_p = star.log_prob
     assert_close(jnp.sum(jnp.exp(log_p), axis=(1, 2)), np.ones(T + 1), what="P* sums to 1")
 
 
@@ -165,7 +167,7 @@ def test_exact_zeros_past_the_horizon():
         assert np.all(arr[:2] > 0) and np.all(arr[2:] == 0.0), name
 
 
-COMPILED = ("_backward_jit", "_forward_jit", "dp_autodiff", "_position_terms_jit", "_finish_jit")
+COMPILED = ("_backward_jit", "_forward_jit", "dp_autodiff", "_analysis_jit")
 
 
 def test_compiles_once_per_shape():
@@ -191,7 +193,7 @@ def test_concurrent_analysis_equals_the_single_program(inst):
     lam = jnp.float64(inst.lam)
     one = _dp.dp_analyze_arrays(logits, aut, lam, HORIZON, True, 1)
     many = _dp.dp_analyze_concurrent(logits, aut, lam, HORIZON, True, 1)
-    for field in _dp.DPAnalysis._fields:
+    for field in toysim.Analysis._fields:
         assert_close(getattr(many, field), getattr(one, field), what=field)
 
 
@@ -291,29 +293,39 @@ def test_cli_dp_agrees_with_enumerate_and_refuses_tabular(tmp_path, capsys):
     assert code == 2 and out == "" and "automaton harm" in err and err.count("\n") == 1
 
 
-backward_passes = jax.jit(_dp._backward_passes, static_argnums=(2, 4))
-forward_log_probs = jax.jit(_dp._forward_log_probs, static_argnums=(2, 3))
 scatter_logsumexp = jax.jit(_dp._scatter_logsumexp)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 4))
+def backward_stage(log_cond, aut, horizon, lam, unroll):
+    return _dp.backward_stage(_dp.ProductEngine(log_cond, aut, horizon, unroll), aut.final_harm, lam)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def forward_pass(log_cond, aut, horizon, unroll):
+    return _dp.ProductEngine(log_cond, aut, horizon, unroll).log_prob
 
 
 @settings(max_examples=10)
 @given(markov_instances())
-def test_fused_passes_equal_the_separate_ones(inst):
-    """The analysis' fused reverse scan (``H`` and ``log Z`` side by side, determined states) and
-    its forward scan give the public passes' values; ``_scatter_logsumexp`` (a scatter-max shift)
-    equals a dense logsumexp over the one-hot edges."""
+def test_one_backward_pass_equals_the_separate_ones(inst):
+    """The analysis' single reverse scan (``H``, ``log Z`` and the range of final harms side by
+    side, unrolled) gives the values of the separate public passes; the forward scan unrolled equals
+    the forward scan of the time-dependent form of the same chain; ``_scatter_logsumexp`` (a
+    scatter-max shift) equals a dense logsumexp over the one-hot edges."""
     v, T = inst.policy.vocab_size, inst.policy.horizon
     aut = _dp.automaton_arrays(inst.harm, v)
     log_cond = _dp._markov_log_cond(inst.params.logits)
-    pi = jnp.exp(log_cond[:, 0, :])
-    hs, log_z, det = backward_passes(pi, aut, T, inst.lam, 1)
-    assert_close(hs, _dp.dp_martingale(log_cond, aut, T), what="H (fused)")
-    assert_close(log_z, _dp.dp_log_partition(log_cond, aut, T, inst.lam), what="log Z (fused)")
-    assert np.array_equal(det, _dp.dp_determined(aut, T))
-    log_p, fused = _dp.dp_state_log_probs(log_cond, aut, T), forward_log_probs(pi, aut, T, 2)
-    assert np.array_equal(np.isfinite(log_p), np.isfinite(fused))
+    engine = _dp.ProductEngine(log_cond, aut, T)
+    hs, log_z, det = backward_stage(log_cond, aut, T, inst.lam, 2)
+    assert_close(hs, _dp.dp_martingale(log_cond, aut, T), what="H (one pass)")
+    assert_close(log_z, toysim.log_partition(engine, aut.final_harm, inst.lam), what="log Z (one pass)")
+    assert np.array_equal(det, toysim.determined(engine, aut.final_harm))
+    chain = jnp.broadcast_to(log_cond[None, :, :, :], (T, v + 1, aut.transitions.shape[0], v))
+    log_p, unrolled = forward_pass(chain, aut, T, 1), forward_pass(log_cond, aut, T, 2)
+    assert np.array_equal(np.isfinite(log_p), np.isfinite(unrolled))
     finite = jnp.isfinite(log_p)
-    assert_close(jnp.where(finite, fused, 0.0), jnp.where(finite, log_p, 0.0), what="log P (unrolled)")
+    assert_close(jnp.where(finite, unrolled, 0.0), jnp.where(finite, log_p, 0.0), what="log P (unrolled)")
     b = jnp.asarray(np.random.default_rng(T).normal(size=aut.transitions.shape) * 50.0)
     onehot = _dp._onehot(aut.transitions)
     dense = jax.nn.logsumexp(jnp.where(onehot, b[:, :, None], -jnp.inf), axis=0)
@@ -343,7 +355,7 @@ def test_information_keeps_relative_accuracy_far_from_the_horizon():
     log_cond = _dp._markov_log_cond(params.logits)
     pi = np.exp(np.asarray(log_cond[:, 0, :]))
     hs = np.asarray(dp.martingale)
-    p = np.exp(np.asarray(_dp.dp_state_log_probs(log_cond, aut, T)))
+    p = np.exp(np.asarray(_dp.ProductEngine(log_cond, aut, T).log_prob))
     trans = np.asarray(aut.transitions)
     t = 1
     child = hs[t][np.arange(2)[None, :], trans]  # (S, V)

@@ -26,6 +26,7 @@ REQUIRED = (
     "recovery_harmful_q_unconditioned",
 )
 LIBRARY_MODULES = (
+    "_engine",
     "_enumerate",
     "_martingale",
     "_gradient",
@@ -38,7 +39,7 @@ LIBRARY_MODULES = (
     "_recovery",
     "_training",
     "_sampling",
-    "_report",
+    "_analysis",
 )
 
 

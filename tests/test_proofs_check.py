@@ -259,11 +259,11 @@ def _square_of_sum(policy, params, levels, martingale, t):
     return jnp.sum(jnp.exp(levels.log_cond[t - 1]) * delta, axis=-1) ** 2
 
 
-def _centred_at_mean_harm(martingale):
-    # Δ_t(p·v) = H_t(p·v) − E[h] instead of H_t(p·v) − H_{t−1}(p): the wrong centring
-    return tuple(
-        m.reshape(martingale[t].shape[0], -1) - martingale[0][0] for t, m in enumerate(martingale[1:])
-    )
+def _centred_at_zero(step, pair=None):
+    # w_t(p, v) = P(p) π(v|p) H_t(p·v) instead of P(p) π(v|p) (H_t(p·v) − H_{t−1}(p)): the centring
+    # of the covariance form dropped
+    parent, child = step.pairs[0] if pair is None else pair
+    return step.kernel.pull(jnp.exp(step.log_p), child, jnp.zeros_like(parent))
 
 
 def _tau_off_by_one(masks):
@@ -279,7 +279,7 @@ def _tau_off_by_one(masks):
         ("fisher_bound_prefix", toysim.MarkovPolicy, "fisher_trace", _uncentred_trace, "markov1"),
         ("fisher_bound_prefix", toysim, "prefix_covariance_sq_norm", _square_of_sum, "markov2"),
         ("horizon_equivalence", toysim, "sequence_horizon", _tau_off_by_one, None),
-        ("covariance_gradient_tabular", toysim._gradient, "innovations", _centred_at_mean_harm, "tabular"),
+        ("covariance_gradient_tabular", toysim._gradient, "covariance_cotangent", _centred_at_zero, "tabular"),
     ],
     ids=[
         "tabular-trace",

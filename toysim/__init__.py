@@ -9,7 +9,7 @@ See docs/theory.md for the mathematics and the README for the command line.
 """
 
 from . import teaching as teaching
-from ._dp import DPAnalysis as DPAnalysis
+from ._dp import ProductEngine as ProductEngine
 from ._dp import automaton_arrays as automaton_arrays
 from ._dp import dp_analyze as dp_analyze
 from ._dp import dp_check_fits as dp_check_fits
@@ -19,15 +19,8 @@ from ._dp import dp_tilted_chain as dp_tilted_chain
 from ._dp_recovery import DPAttack as DPAttack
 from ._dp_recovery import DPDeep as DPDeep
 from ._dp_recovery import DPRecoveryGradients as DPRecoveryGradients
-from ._dp_recovery import DPRecoverySpec as DPRecoverySpec
-from ._dp_recovery import dp_attack_success as dp_attack_success
 from ._dp_recovery import dp_deep_arrays as dp_deep_arrays
 from ._dp_recovery import dp_deep_report as dp_deep_report
-from ._dp_recovery import dp_harmful_q as dp_harmful_q
-from ._dp_recovery import dp_policy_q as dp_policy_q
-from ._dp_recovery import dp_recovery_gradients as dp_recovery_gradients
-from ._dp_recovery import dp_recovery_penalty as dp_recovery_penalty
-from ._dp_recovery import dp_recovery_spec as dp_recovery_spec
 from ._enumerate import Levels as Levels
 from ._enumerate import backward as backward
 from ._enumerate import check_fits as check_fits
@@ -38,6 +31,8 @@ from ._enumerate import log_backward as log_backward
 from ._enumerate import shard_prefixes as shard_prefixes
 from ._equilibrium import Equilibrium as Equilibrium
 from ._equilibrium import kl_by_position as kl_by_position
+from ._equilibrium import log_partition as log_partition
+from ._equilibrium import tilt_kl_by_position as tilt_kl_by_position
 from ._equilibrium import sequence_kl as sequence_kl
 from ._equilibrium import tilt as tilt
 from ._gradient import autodiff_gradient as autodiff_gradient
@@ -59,6 +54,7 @@ from ._harms import harm_values as harm_values
 from ._harms import table_harm as table_harm
 from ._harms import trigger_harm as trigger_harm
 from ._harms import unreachable_states as unreachable_states
+from ._horizon import determined as determined
 from ._horizon import determined_masks as determined_masks
 from ._horizon import horizon_distribution as horizon_distribution
 from ._horizon import sequence_horizon as sequence_horizon
@@ -86,6 +82,7 @@ from ._policies import MLPPolicy as MLPPolicy
 from ._policies import TabularPolicy as TabularPolicy
 from ._policies import prefix_digits as prefix_digits
 from ._recovery import RecoverySpec as RecoverySpec
+from ._recovery import attack_curves as attack_curves
 from ._recovery import attack_length as attack_length
 from ._recovery import attack_success as attack_success
 from ._recovery import augmentation_samples as augmentation_samples
@@ -96,9 +93,11 @@ from ._recovery import gibbs_policy as gibbs_policy
 from ._recovery import gibbs_recovery as gibbs_recovery
 from ._recovery import gradient_by_position as deep_gradient_by_position
 from ._recovery import guaranteed_recovery as guaranteed_recovery
+from ._recovery import harmful_log_marginals as harmful_log_marginals
 from ._recovery import harmful_prefix_marginals as harmful_prefix_marginals
 from ._recovery import log_no_recovery as log_no_recovery
 from ._recovery import log_recovery_probability as log_recovery_probability
+from ._recovery import min_log_recovery as min_log_recovery
 from ._recovery import min_recovery_probability as min_recovery_probability
 from ._recovery import policy_prefix_marginals as policy_prefix_marginals
 from ._recovery import recovery_gradient as recovery_gradient
@@ -110,7 +109,7 @@ from ._recovery import separable_objective as separable_objective
 from ._recovery import sequence_prefix_marginals as sequence_prefix_marginals
 from ._recovery import standard_optimum as standard_optimum
 from ._recovery import train_deep as train_deep
-from ._report import Analysis as Analysis
+from ._analysis import Analysis as Analysis
 from ._report import analyze as analyze
 from ._report import exact_report as exact_report
 from ._sampling import exact_gradients as exact_gradients
@@ -131,11 +130,9 @@ __all__ = [
     "Analysis",
     "AutomatonHarm",
     "Certificate",
-    "DPAnalysis",
     "DPAttack",
     "DPDeep",
     "DPRecoveryGradients",
-    "DPRecoverySpec",
     "Equilibrium",
     "Instance",
     "Levels",
@@ -147,12 +144,14 @@ __all__ = [
     "Objective",
     "OptimizeResult",
     "Policy",
+    "ProductEngine",
     "RecoverySpec",
     "TableHarm",
     "TabularPolicy",
     "TrainingResult",
     "alignment_loss",
     "analyze",
+    "attack_curves",
     "attack_length",
     "attack_success",
     "augmentation_samples",
@@ -169,19 +168,14 @@ __all__ = [
     "deep_gradient_by_position",
     "deep_objective",
     "deep_report",
+    "determined",
     "determined_masks",
     "dp_analyze",
-    "dp_attack_success",
     "dp_check_fits",
     "dp_deep_arrays",
     "dp_deep_report",
     "dp_estimate_bytes",
-    "dp_harmful_q",
     "dp_martingale",
-    "dp_policy_q",
-    "dp_recovery_gradients",
-    "dp_recovery_penalty",
-    "dp_recovery_spec",
     "dp_tilted_chain",
     "dump_instance",
     "estimate_bytes",
@@ -200,6 +194,7 @@ __all__ = [
     "harm_martingale",
     "harm_values",
     "harm_variance",
+    "harmful_log_marginals",
     "harmful_prefix_marginals",
     "horizon_distribution",
     "innovations",
@@ -209,8 +204,10 @@ __all__ = [
     "loads_instance",
     "log_backward",
     "log_no_recovery",
+    "log_partition",
     "log_recovery_probability",
     "martingale_summary",
+    "min_log_recovery",
     "min_recovery_probability",
     "minimize",
     "policy_prefix_marginals",
@@ -235,6 +232,7 @@ __all__ = [
     "table_harm",
     "teaching",
     "tilt",
+    "tilt_kl_by_position",
     "train_alignment",
     "train_deep",
     "training_report",

@@ -1,39 +1,33 @@
-"""The automaton DP engine: exact quantities by dynamic programming over (position, state).
+"""The automaton DP engine: the Markov × automaton product as an engine (``toysim._engine``).
 
 For a first-order Markov policy and a harm computed by a DFA, the conditional law of the future
 given a prefix ``y_≤t`` depends on the prefix only through the *product state*
 ``x = (c, s)``: ``c`` the last token (or BOS, row ``V`` of the logit table) and ``s`` the automaton
 state after reading ``y_≤t``. Reading token ``v`` moves ``(c, s) → (v, δ(s, v))``. Every quantity
-of docs/theory.md §2–7 that the enumeration engine reads off the prefix tree is therefore a
-function of ``(t, x)``, and the ``V**T`` prefixes collapse to ``(V + 1) · S`` states per position:
+of docs/theory.md §2–7 is therefore a function of ``(t, x)``, and the ``V**T`` prefixes collapse to
+``(V + 1) · S`` states per position. This module holds only what is specific to that state space:
 
-* backward passes (``jax.lax.scan`` from ``t = T`` to ``1``): the harm martingale
-  ``H_{t−1}(c, s) = Σ_v π(v|c) H_t(v, δ(s, v))``, the log-partition of the tilt
-  ``log Z_{t−1}(c, s) = logsumexp_v(log π(v|c) + log Z_t(v, δ(s, v)))`` and the range
-  ``[min, max]`` of final harms reachable from ``s`` in the ``T − t`` remaining steps (which
-  decides where the harm is determined; it depends on the remaining length, not only on ``s``);
-* one forward pass (``t = 1..T``) carrying ``log P_t(c, s)`` in log space;
-* the per-position reductions ``I_t``, ``G_t`` (a scatter into row ``c`` of the shared logit
-  table), ``E[tr F_t]``, ``P(τ = t)`` and ``D_t``, batched over chunks of positions.
+* :class:`ProductEngine`: the engine interface on the product states (backward recursions as one
+  reverse ``jax.lax.scan``, per-position reductions batched in chunks of positions, the forward
+  pass ``log P_t(c, s)`` in log space with a scatter-logsumexp over the automaton's transitions);
+* :class:`TableGradients`: how a position's cotangent reaches the shared logit table, and the
+  autodiff reference (``jax.grad`` of the plain recursion, untied per position);
+* :func:`dp_analyze`: :func:`toysim._analysis.analysis` on this engine, with the three independent
+  recursions (backward, forward, autodiff reference) run side by side from a pool of threads
+  (:func:`dp_analyze_concurrent`): XLA on CPU runs a scan on one core, as a handful of tiny kernels
+  per step, so the cost is the number of small ops per step and several cores can share the scans;
+* the memory estimate of the passes (:func:`dp_estimate_bytes`).
 
-The analysis (:func:`dp_analyze_arrays`) runs the three backward recursions as one scan and keeps
-the sequential scans down to the recursions themselves: XLA on CPU runs a scan step as a handful of
-tiny kernels, so the cost is the number of small ops per step, not their flops. A scan runs on one
-core; :func:`dp_analyze` (``toysim exact``) therefore launches the independent recursions
-(backward, forward, autodiff reference) as separate programs from a pool of threads
-(:func:`dp_analyze_concurrent`), so that several cores share them.
-
-Constants stay exact with the rule of :func:`toysim._enumerate._constant_rows`: a state whose
-children all hold the same ``H`` (or ``log Z``) gets that value bit for bit, so ``Δ``, ``G_t``
-and the tilt are exactly zero or unchanged wherever the harm is determined (docs/theory.md §5, 7).
+The quantities themselves (``H``, ``I_t``, ``G_t``, ``P(τ = t)``, ``D_t``, recovery, attacks) are
+written once, in the modules that define them, for both engines.
 
 Cost ``O(T · (V + 1) · S · V)``; memory holds per-state arrays (``H``, ``log Z``, ``log P`` per
-state and position) and scalars per position, see :func:`dp_estimate_bytes`.
+state and position) and scalars per position.
 
 The equilibrium ``π*`` of a Markov ``π_0`` is a *time-dependent* Markov chain on the product state,
-``π*_t(v | c, s) = π_0(v|c) Z_t(v, δ(s, v)) / Z_{t−1}(c, s)``. The passes :func:`dp_martingale`,
-:func:`dp_state_log_probs` and :func:`dp_information` accept such a chain too
-(``log_cond`` of shape ``(T, V + 1, S, V)``, see :func:`dp_tilted_chain`).
+``π*_t(v | c, s) = π_0(v|c) Z_t(v, δ(s, v)) / Z_{t−1}(c, s)`` (:func:`dp_tilted_chain`); a
+:class:`ProductEngine` built on it (``log_cond`` of shape ``(T, V + 1, S, V)``) studies ``π*``
+itself with the same functions.
 """
 
 from __future__ import annotations
@@ -47,7 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-PyTree = Any
+from ._analysis import Analysis, analysis, backward_stage
+from ._engine import ChainKernel, MarkovKernel, Step
+from ._equilibrium import tilted_log_cond
+from ._gradient import covariance_cotangent
+from ._martingale import harm_martingale
+from ._types import Policy, PyTree
+
 
 
 class Automaton(NamedTuple):
@@ -95,7 +95,7 @@ def automaton_arrays(harm: Any, vocab_size: int) -> Automaton:
     )
 
 
-def check_markov(policy: Any) -> None:
+def check_markov(policy: Policy) -> None:
     """Refuse every policy but a first-order :class:`toysim.MarkovPolicy`.
 
     Raises:
@@ -128,25 +128,6 @@ def _children_linear(values_t: Float[Array, "V1 S"], onehot: Array) -> Float[Arr
     """:func:`_children` as a one-hot contraction (exact for finite values; its transpose is a
     contraction too, which keeps reverse-mode autodiff free of scatters)."""
     return jnp.einsum("vt,svt->sv", values_t[: onehot.shape[1]], onehot.astype(values_t.dtype))
-
-
-def _constant_states(child: Float[Array, "S V"]) -> Bool[Array, " S"]:
-    """States whose children all hold the same value (the exact-constant rule of the engine)."""
-    return jnp.all(child == child[:, :1], axis=-1)
-
-
-def _positions(log_cond: Array, horizon: int):
-    """Scan input and per-step accessor for a homogeneous ``(V+1, 1, V)`` or a time-dependent
-    ``(T, V+1, S, V)`` conditional log-probability table."""
-    if log_cond.ndim == 3:
-        return jnp.zeros((horizon, 0)), lambda _: log_cond
-    if log_cond.shape[0] != horizon:
-        raise ValueError(f"time-dependent log_cond must have T = {horizon} rows, got {log_cond.shape[0]}")
-    return log_cond, lambda x: x
-
-
-def _markov_log_cond(logits: Float[Array, "V1 V"]) -> Float[Array, "V1 1 V"]:
-    return jax.nn.log_softmax(logits, axis=-1)[:, None, :]
 
 
 def _scatter_logsumexp(b: Float[Array, "S V"], trans: Int[Array, "S V"], onehot: Array) -> Array:
@@ -202,39 +183,182 @@ def _onehot(trans: Array) -> Bool[Array, "S V S"]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The passes.
+# The product engine.
 
 
-def _martingale_step(h_t: Float[Array, "V1 S"], lc: Array, pi: Array | None, trans: Array) -> Array:
-    """``H_{t−1}`` from ``H_t``: ``π`` for a Markov policy (hoisted out of the scan), else the
-    time-dependent ``log π_t`` of shape ``(V+1, S, V)``; exact-constant rule."""
-    child = _children(h_t, trans)
-    if pi is not None:
-        mean = pi @ child.T
-    else:
-        mean = jnp.sum(jnp.exp(lc) * child[None], axis=-1)
-    return jnp.where(_constant_states(child)[None, :], child[None, :, 0], mean)
+# Positions reduced together by :meth:`ProductEngine.positions`: large enough that the per-position
+# terms are a few big batched contractions, small enough that the ``(chunk, V + 1, V)``
+# temporaries (``G_t`` and the untied autodiff gradient) stay a few MB (4 MB at V = 64). At
+# T = 10^4, V = 64, S = 8, chunks of 64, 128, 256 and 1024 were within the timing noise of each
+# other (±10 %), 128 the best of them.
+_CHUNK = 128
 
 
-def _log_partition_step(z_t: Float[Array, "V1 S"], pi: Float[Array, "V1 V"], trans: Array) -> Array:
-    """``log Z_{t−1}`` from ``log Z_t`` for a Markov ``π_0``, shifted per state; exact-constant rule."""
-    child = _children(z_t, trans)
-    top = jnp.max(child, axis=-1)
-    lse = top[None, :] + jnp.log(pi @ jnp.exp(child - top[:, None]).T)
-    return jnp.where(_constant_states(child)[None, :], child[None, :, 0], lse)
+class ProductEngine:
+    """The Markov × automaton product as an engine (``toysim._engine.Engine``).
+
+    The states at position ``t`` are ``x = (c, s)``, ``(V + 1, S)`` of them (row ``V`` is BOS, only
+    at ``t = 0``); reading ``v`` moves ``(c, s) → (v, δ(s, v))``, so the children of every state
+    with automaton state ``s`` are ``values_t(v, δ(s, v))``, an ``(S, V)`` array independent of
+    ``c``. Per-position containers are ``(T + 1, V + 1, S)`` arrays. Built inside compiled
+    functions from raw arrays (it is not itself a pytree).
+
+    Args:
+      log_cond: ``(V + 1, 1, V)`` for a Markov policy (``log_softmax`` of its logit table) or
+        ``(T, V + 1, S, V)`` for a time-dependent chain such as the tilt (:func:`dp_tilted_chain`).
+      aut: the harm automaton.
+      horizon: ``T``.
+      unroll: loop unrolling of the sequential scans (same results).
+    """
+
+    def __init__(self, log_cond: Array, aut: Automaton, horizon: int, unroll: int = 1, log_p: Array | None = None):
+        self.log_cond, self.automaton, self.horizon, self.unroll = log_cond, aut, horizon, unroll
+        self.homogeneous = log_cond.ndim == 3
+        if not self.homogeneous and log_cond.shape[0] != horizon:
+            raise ValueError(f"time-dependent log_cond must have T = {horizon} rows, got {log_cond.shape[0]}")
+        self.pi = jnp.exp(log_cond[:, 0, :]) if self.homogeneous else None
+        self._log_p = log_p
+
+    @classmethod
+    def markov(cls, logits: Float[Array, "V1 V"], aut: Automaton, horizon: int, unroll: int = 1, log_p=None):
+        """The engine of a first-order Markov policy's ``(V + 1, V)`` logit table."""
+        return cls(_markov_log_cond(logits), aut, horizon, unroll, log_p)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.automaton.transitions.shape[1]
+
+    @property
+    def log_prob(self) -> Float[Array, "T1 V1 S"]:
+        """``log P_t(c, s)`` for ``t = 0..T`` (the forward pass; ``−inf`` where a state cannot occur)."""
+        if self._log_p is None:
+            self._log_p = _forward(self)
+        return self._log_p
+
+    def leaf(self, final: Float[Array, " S"]) -> Float[Array, "V1 S"]:
+        """A function of the final automaton state as the leaf of a backward pass."""
+        shape = (self.log_cond.shape[-3], self.automaton.transitions.shape[0])
+        return jnp.broadcast_to(jnp.asarray(final, dtype=jnp.float64)[None, :], shape)
+
+    def at_start(self, values: Array) -> Array:
+        """The value at the start state ``(BOS, start)``."""
+        return values[0, self.vocab_size, self.automaton.start]
+
+    def children(self, values_t: Float[Array, "V1 S"]) -> Float[Array, "S V"]:
+        """``values_t(v, δ(s, v))`` for every automaton state ``s`` and token ``v``."""
+        return _children(values_t, self.automaton.transitions)
+
+    def kernel(self, log_cond_t: Array | None):
+        return MarkovKernel(self.pi, self.log_cond[:, 0, :]) if self.homogeneous else ChainKernel(log_cond_t)
+
+    def _scanned_log_cond(self):
+        return jnp.zeros((self.horizon, 0)) if self.homogeneous else self.log_cond
+
+    def _step(self, t, lc, log_p, parents, nexts, extra) -> Step:
+        pairs = tuple((p, self.children(n)) for p, n in zip(parents, nexts))
+        return Step(t, self.kernel(lc), log_p, pairs, extra)
+
+    def backward(self, leaves: tuple, reductions: tuple, values: tuple = (), extra: tuple = ()) -> tuple:
+        """Backward recursions from each leaf in one reverse scan over ``t = T..1``.
+
+        Returns:
+          One ``(T + 1, V + 1, S)`` array per leaf.
+        """
+        xs = (
+            jnp.arange(1, self.horizon + 1),
+            self._scanned_log_cond(),
+            tuple(v[:-1] for v in values),
+            tuple(v[1:] for v in values),
+            tuple(extra),
+        )
+
+        def body(carry, x):
+            t, lc, parents, nexts, ex = x
+            step = self._step(t, lc, None, parents, nexts, ex)
+            out = tuple(
+                jnp.broadcast_to(reduce(step.kernel, self.children(c), step), c.shape)
+                for c, reduce in zip(carry, reductions)
+            )
+            return out, out
+
+        leaves = tuple(jnp.asarray(x) for x in leaves)
+        _, outs = jax.lax.scan(body, leaves, xs, reverse=True, unroll=self.unroll)
+        return tuple(jnp.concatenate([o, leaf[None]], axis=0) for o, leaf in zip(outs, leaves))
+
+    def positions(self, fn, values: tuple = (), extra: tuple = ()) -> tuple:
+        """``fn`` at every position ``t = 1..T``: its first output stacked, its second summed.
+
+        Batched by chunks of :data:`_CHUNK` positions (``vmap`` within a chunk, a scan over chunks),
+        so nothing of size ``(T, V + 1, V)`` is held at once.
+        """
+        log_p = self.log_prob
+        lc_all = self._scanned_log_cond()
+
+        def one(t, lc, lp, parents, nexts, ex):
+            return fn(self._step(t, lc, lp, parents, nexts, ex))
+
+        def chunk(start, size):
+            def rows(a, n=size):
+                return jax.lax.dynamic_slice_in_dim(a, start, n)
+
+            args = (
+                jnp.arange(1, size + 1) + start,
+                rows(lc_all),
+                rows(log_p),
+                tuple(rows(v) for v in values),
+                tuple(rows(v[1:]) for v in values),
+                tuple(rows(e) for e in extra),
+            )
+            outs, adds = jax.vmap(one)(*args)
+            return outs, jax.tree_util.tree_map(lambda a: jnp.sum(a, axis=0), adds)
+
+        size = min(_CHUNK, self.horizon)
+        n_full, rest = divmod(self.horizon, size)
+        first_outs, first_adds = chunk(0, size)
+
+        def body(total, i):
+            outs, adds = chunk(i * size, size)
+            return jax.tree_util.tree_map(jnp.add, total, adds), outs
+
+        total, outs = jax.lax.scan(body, first_adds, jnp.arange(1, n_full))
+        outs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first_outs, outs)
+        outs = jax.tree_util.tree_map(lambda a: a.reshape((n_full * size,) + a.shape[2:]), outs)
+        if rest:
+            tail, adds = chunk(n_full * size, rest)
+            total = jax.tree_util.tree_map(jnp.add, total, adds)
+            outs = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b]), outs, tail)
+        return outs, total
+
+    def sum_states(self, values: Array) -> Array:
+        """``Σ_x values_t(x)`` at every position."""
+        return jnp.sum(values, axis=(-2, -1))
+
+    def reachable(self) -> Bool[Array, "T1 S"]:
+        """Automaton states reached by some prefix of length ``t`` (:func:`dp_reachable`), as
+        ``(T + 1, 1, S)`` so that it broadcasts over the last token."""
+        return dp_reachable(self.automaton, self.horizon)[:, None, :]
 
 
-def _determined_step(lo: Array, hi: Array, trans: Array):
-    """Range ``[min, max]`` of final harms reachable with one more step to go."""
-    return jnp.min(lo[trans], axis=-1), jnp.max(hi[trans], axis=-1)
+def _forward(engine: ProductEngine) -> Float[Array, "T1 V1 S"]:
+    """The forward pass: ``log P_t(c, s)`` from ``log P_0 = 0`` at ``(BOS, start)``."""
+    aut, horizon = engine.automaton, engine.horizon
+    if engine.homogeneous:
+        return _forward_log_probs(engine.pi, aut, horizon, engine.unroll)
+    onehot = _onehot(aut.transitions)
+    first = _initial_log_probs(engine.vocab_size, aut)
+
+    def step(log_p, lc):
+        nxt = _next_log_probs(log_p, lc, aut.transitions, onehot)
+        return nxt, nxt
+
+    _, rest = jax.lax.scan(step, first, engine.log_cond)
+    return jnp.concatenate([first[None], rest], axis=0)
 
 
 @functools.partial(jax.jit, static_argnames=("horizon",))
 def dp_martingale(log_cond: Array, aut: Automaton, horizon: int) -> Float[Array, "T1 V1 S"]:
-    """``H_t(c, s) = E[h | state (c, s) after t tokens]`` for ``t = 0..T`` [Def 1].
-
-    ``H_T(c, s) = h(s)`` and ``H_{t−1}(c, s) = Σ_v π_t(v | c, s) H_t(v, δ(s, v))``, with the
-    exact-constant rule.
+    """``H_t(c, s) = E[h | state (c, s) after t tokens]`` for ``t = 0..T`` [Def 1]
+    (:func:`toysim.harm_martingale` on the product engine).
 
     Args:
       log_cond: ``(V+1, 1, V)`` for a Markov policy (``log_softmax`` of its logit table) or
@@ -245,112 +369,12 @@ def dp_martingale(log_cond: Array, aut: Automaton, horizon: int) -> Float[Array,
     Returns:
       ``(T + 1, V + 1, S)``; ``H_0[V, start] = E[h]``. Rows of states that cannot occur at a
       position (BOS after ``t >= 1``) hold well-defined but unused values.
-
-    docs/theory.md §2.
     """
-    xs, lc_at = _positions(log_cond, horizon)
-    v1, n_states = log_cond.shape[-3], aut.transitions.shape[0]
-    h_T = jnp.broadcast_to(aut.final_harm[None, :], (v1, n_states))
-    pi = jnp.exp(log_cond[:, 0, :]) if log_cond.ndim == 3 else None
-
-    def step(h_t, x):
-        h_tm1 = _martingale_step(h_t, lc_at(x), pi, aut.transitions)
-        return h_tm1, h_tm1
-
-    _, hs = jax.lax.scan(step, h_T, xs, reverse=True)
-    return jnp.concatenate([hs, h_T[None]], axis=0)
+    return harm_martingale(ProductEngine(log_cond, aut, horizon), aut.final_harm)
 
 
-@functools.partial(jax.jit, static_argnames=("horizon",))
-def dp_log_partition(log_cond: Float[Array, "V1 1 V"], aut: Automaton, horizon: int, lam) -> Array:
-    """``log Z_t(c, s)``, ``Z_t = E_{π_0}[e^{−λh} | state]``, for ``t = 0..T`` (log space).
-
-    ``log Z_T = −λ h(s)``; ``log Z_{t−1}(c, s) = logsumexp_v(log π_0(v|c) + log Z_t(v, δ(s, v)))``
-    with the exact-constant rule.
-
-    Returns:
-      ``(T + 1, V + 1, S)``.
-
-    docs/theory.md §7.
-    """
-    xs, lc_at = _positions(log_cond, horizon)
-    v1, n_states = log_cond.shape[-3], aut.transitions.shape[0]
-    z_T = jnp.broadcast_to(-lam * aut.final_harm[None, :], (v1, n_states))
-    pi = jnp.exp(log_cond[:, 0, :]) if log_cond.ndim == 3 else None
-
-    def step(z_t, x):
-        if pi is not None:
-            z_tm1 = _log_partition_step(z_t, pi, aut.transitions)
-        else:
-            child = _children(z_t, aut.transitions)
-            lse = jax.nn.logsumexp(lc_at(x) + child[None], axis=-1)
-            z_tm1 = jnp.where(_constant_states(child)[None, :], child[None, :, 0], lse)
-        return z_tm1, z_tm1
-
-    _, zs = jax.lax.scan(step, z_T, xs, reverse=True)
-    return jnp.concatenate([zs, z_T[None]], axis=0)
-
-
-@functools.partial(jax.jit, static_argnames=("horizon",))
-def dp_determined(aut: Automaton, horizon: int) -> Bool[Array, "T1 S"]:
-    """Which automaton states determine the harm at each position ``t = 0..T``.
-
-    A state ``s`` after ``t`` tokens is determined when the final harm is the same for every
-    continuation of length ``T − t``: ``min == max`` of the harms reachable in exactly ``T − t``
-    steps (exact comparison, harm values are data). Reachability depends on the remaining length,
-    so this is per position, not per state.
-
-    Returns:
-      ``(T + 1, S)`` booleans; row ``T`` is all true.
-
-    docs/theory.md §5.
-    """
-    trans = aut.transitions
-
-    def step(carry, _):
-        lo_tm1, hi_tm1 = _determined_step(*carry, trans)
-        return (lo_tm1, hi_tm1), lo_tm1 == hi_tm1
-
-    _, det = jax.lax.scan(step, (aut.final_harm, aut.final_harm), None, length=horizon, reverse=True)
-    return jnp.concatenate([det, jnp.ones((1, trans.shape[0]), bool)], axis=0)
-
-
-def _backward_passes(pi: Float[Array, "V1 V"], aut: Automaton, horizon: int, lam, unroll: int):
-    """:func:`dp_martingale`, :func:`dp_log_partition` and :func:`dp_determined` of a Markov
-    policy in one reverse scan.
-
-    ``H`` and ``log Z`` travel side by side as one ``(V + 1, 2S)`` carry, so that their children
-    are one gather and their expectations under ``π`` one matrix product per step (the scan is
-    bound by the number of small ops per step, not by their flops). The values are those of the
-    separate passes, bit for bit: the same sums, shifts and exact-constant rule per column.
-    """
-    trans = aut.transitions
-    n_states = trans.shape[0]
-    tokens = jnp.arange(trans.shape[1])[None, :]
-    both = jnp.concatenate([trans, trans + n_states], axis=0)  # (2S, V): children of [H | log Z]
-    shape = (pi.shape[0], n_states)
-    h_T = jnp.broadcast_to(aut.final_harm[None, :], shape)
-    z_T = jnp.broadcast_to(-lam * aut.final_harm[None, :], shape).astype(pi.dtype)
-
-    def step(carry, _):
-        hz_t, lo, hi = carry
-        child = hz_t[tokens, both]  # (2S, V)
-        top = jnp.max(child[n_states:], axis=-1)
-        scaled = jnp.concatenate([child[:n_states], jnp.exp(child[n_states:] - top[:, None])], axis=0)
-        expect = pi @ scaled.T  # (V+1, 2S): E[H_t | c, s] and Z_{t−1} e^{−top}
-        update = jnp.concatenate([expect[:, :n_states], top[None, :] + jnp.log(expect[:, n_states:])], axis=1)
-        hz_tm1 = jnp.where(_constant_states(child)[None, :], child[None, :, 0], update)
-        lo_tm1, hi_tm1 = _determined_step(lo, hi, trans)
-        return (hz_tm1, lo_tm1, hi_tm1), (hz_tm1, lo_tm1 == hi_tm1)
-
-    init = (jnp.concatenate([h_T, z_T], axis=1), aut.final_harm, aut.final_harm)
-    _, (hz, det) = jax.lax.scan(step, init, None, length=horizon, reverse=True, unroll=unroll)
-    last = jnp.ones((1, n_states), bool)
-    return (
-        jnp.concatenate([hz[:, :, :n_states], h_T[None]], axis=0),
-        jnp.concatenate([hz[:, :, n_states:], z_T[None]], axis=0),
-        jnp.concatenate([det, last], axis=0),
-    )
+def _markov_log_cond(logits: Float[Array, "V1 V"]) -> Float[Array, "V1 1 V"]:
+    return jax.nn.log_softmax(logits, axis=-1)[:, None, :]
 
 
 @functools.partial(jax.jit, static_argnames=("horizon",))
@@ -367,29 +391,8 @@ def dp_reachable(aut: Automaton, horizon: int) -> Bool[Array, "T1 S"]:
     return jnp.concatenate([first[None], rest], axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("horizon",))
-def dp_state_log_probs(log_cond: Array, aut: Automaton, horizon: int) -> Float[Array, "T1 V1 S"]:
-    """``log P_t(c, s)``: log-probability of being in state ``(c, s)`` after ``t`` tokens.
-
-    Returns:
-      ``(T + 1, V + 1, S)``; ``−inf`` for states that cannot occur.
-    """
-    if log_cond.ndim == 3:
-        return _forward_log_probs(jnp.exp(log_cond[:, 0, :]), aut, horizon, 1)
-    xs, lc_at = _positions(log_cond, horizon)
-    onehot = _onehot(aut.transitions)
-    first = _initial_log_probs(log_cond.shape[-1], aut)
-
-    def step(log_p, x):
-        nxt = _next_log_probs(log_p, lc_at(x), aut.transitions, onehot)
-        return nxt, nxt
-
-    _, rest = jax.lax.scan(step, first, xs)
-    return jnp.concatenate([first[None], rest], axis=0)
-
-
 def _forward_log_probs(pi: Float[Array, "V1 V"], aut: Automaton, horizon: int, unroll: int) -> Array:
-    """:func:`dp_state_log_probs` of a Markov policy, ``π`` computed once."""
+    """The forward pass of a Markov policy, ``π`` computed once."""
     onehot = _onehot(aut.transitions)
     first = _initial_log_probs(pi.shape[-1], aut)
 
@@ -401,40 +404,19 @@ def _forward_log_probs(pi: Float[Array, "V1 V"], aut: Automaton, horizon: int, u
     return jnp.concatenate([first[None], rest], axis=0)
 
 
-@functools.partial(jax.jit, static_argnames=("horizon",))
-def dp_information(log_cond: Array, aut: Automaton, horizon: int) -> Float[Array, " T"]:
-    """``I_t = Σ_x P_{t−1}(x) Σ_v π_t(v|x) (H_t(x·v) − H_{t−1}(x))²`` for ``t = 1..T`` [Def 5].
-
-    Works for Markov and time-dependent chains (``log_cond`` as in :func:`dp_martingale`).
-    """
-    hs = dp_martingale(log_cond, aut, horizon)
-    log_p = dp_state_log_probs(log_cond, aut, horizon)
-    xs, lc_at = _positions(log_cond, horizon)
-
-    def info(x, h_tm1, h_t, lp):
-        child = _children(h_t, aut.transitions)
-        delta = child[None] - h_tm1[:, :, None]
-        return jnp.sum(jnp.exp(lp)[:, :, None] * jnp.exp(lc_at(x)) * delta**2)
-
-    return jax.vmap(info)(xs, hs[:-1], hs[1:], log_p[:-1])
-
-
 @jax.jit
 def dp_tilted_chain(
     log_cond: Float[Array, "V1 1 V"], aut: Automaton, log_z: Float[Array, "T1 V1 S"]
 ) -> Float[Array, "T V1 S V"]:
-    """``log π*_t(v | c, s) = log π_0(v|c) + (log Z_t(v, δ(s, v)) − log Z_{t−1}(c, s))``.
+    """``log π*_t(v | c, s) = log π_0(v|c) + (log Z_t(v, δ(s, v)) − log Z_{t−1}(c, s))``
+    (:func:`toysim._equilibrium.tilted_log_cond` at every position).
 
     The equilibrium of a Markov ``π_0`` as a time-dependent Markov chain on the product state
-    (docs/theory.md §7); feed it to :func:`dp_martingale` / :func:`dp_information` to study ``π*`` itself.
+    (docs/theory.md §7); build a :class:`ProductEngine` of it to study ``π*`` itself.
     Memory ``T · (V + 1) · S · V`` floats.
     """
-
-    def one(z_tm1, z_t):
-        child = _children(z_t, aut.transitions)
-        return log_cond + (child[None] - z_tm1[:, :, None])
-
-    return jax.vmap(one)(log_z[:-1], log_z[1:])
+    trans = aut.transitions
+    return jax.vmap(lambda z_tm1, z_t: tilted_log_cond(log_cond, z_tm1, _children(z_t, trans)))(log_z[:-1], log_z[1:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -499,249 +481,81 @@ def dp_untied_gradients(logits: Float[Array, "V1 V"], aut: Automaton, horizon: i
 @functools.partial(jax.jit, static_argnames=("horizon",))
 def dp_covariance_gradients(logits: Float[Array, "V1 V"], aut: Automaton, horizon: int) -> Array:
     """``G_1..G_T`` in covariance form [Thm 8], ``(T, V+1, V)``: row ``c`` of ``G_t`` is
-    ``π(·|c) ⊙ Σ_s P_{t−1}(c, s) (H_t(·, δ(s, ·)) − H_{t−1}(c, s))``."""
-    log_cond = _markov_log_cond(logits)
-    hs = dp_martingale(log_cond, aut, horizon)
-    log_p = dp_state_log_probs(log_cond, aut, horizon)
-    pi = jnp.exp(log_cond[:, 0, :])
-    trans = aut.transitions
-    return jax.vmap(lambda lp, a, b: _covariance_terms(pi, lp, a, _children(b, trans))[1])(
-        log_p[:-1], hs[:-1], hs[1:]
-    )
+    ``π(·|c) ⊙ Σ_s P_{t−1}(c, s) (H_t(·, δ(s, ·)) − H_{t−1}(c, s))``
+    (:func:`toysim._gradient.covariance_cotangent` at every position)."""
+    engine = ProductEngine.markov(logits, aut, horizon)
+    hs = harm_martingale(engine, aut.final_harm)
+    return engine.positions(lambda step: (covariance_cotangent(step), None), (hs,))[0]
 
 
-def _covariance_terms(pi: Array, log_p: Array, h_tm1: Array, child: Array):
-    """``(I_t, G_t)`` at one position from ``log P_{t−1}``, ``H_{t−1}`` and the children of ``H_t``.
+class TableGradients(NamedTuple):
+    """The product engine's :class:`toysim._analysis.Parameterisation`: the shared logit table.
 
-    States whose children share ``H`` contribute exactly 0 to ``Δ``, ``I_t`` and ``G_t``; they are
-    dropped, so that ``G_t`` and ``I_t`` vanish bit for bit past the horizon (docs/theory.md §5).
-    """
-    p_open = jnp.where(_constant_states(child)[None, :], 0.0, jnp.exp(log_p))  # (V+1, S)
-    # Var(H_t | c, s) = E[(H_t − H_{t−1})² | c, s], expanded about the first child m_s: the
-    # cancellation error is then ε · spread² of the children instead of ε · H², so a variance that
-    # is tiny because the children nearly agree (far from the horizon, a mixing chain) keeps its
-    # relative accuracy instead of rounding to a ±1e-17 residue.
-    centred = child - child[:, :1]
-    gap = h_tm1 - child[None, :, 0]
-    mean = pi @ centred.T  # E[H_t − m | c, s]
-    second = pi @ (centred**2).T
-    var_state = jnp.maximum(second - 2.0 * gap * mean + gap**2, 0.0)
-    info = jnp.sum(p_open * var_state)
-    grad = pi * (p_open @ child - jnp.sum(p_open * h_tm1, axis=1, keepdims=True))
-    return info, grad
-
-
-# ---------------------------------------------------------------------------------------------
-# The full analysis.
-
-
-class DPAnalysis(NamedTuple):
-    """Every exact quantity of a Markov policy with an automaton harm (docs/theory.md §2–7).
-
-    The fields mirror :class:`toysim.Analysis`, with per-state instead of per-prefix arrays.
-
-    Attributes:
-      expected_harm, harm_variance, harm_information, gradient_norm_by_position,
-      autodiff_gradient_norm_by_position, gradient_autodiff_max_abs_error,
-      fisher_bound_by_position, horizon_distribution, uniform_horizon,
-      equilibrium_kl_by_position, equilibrium_kl: as in :class:`toysim.Analysis`.
-      martingale: ``H_t(c, s)``, shape ``(T + 1, V + 1, S)``.
-      log_partition: ``log Z_t(c, s)`` of the tilt, shape ``(T + 1, V + 1, S)``.
-      gradient: ``Σ_t G_t`` in covariance form, shape ``(V + 1, V)`` (the per-position ``G_t``
-        come from :func:`dp_covariance_gradients`).
+    A Markov policy's parameters *are* the ``(V + 1, V)`` table every position reads, so ``G_t`` is
+    the position's cotangent itself. The reference is ``jax.grad`` of :func:`dp_expected_harm`
+    (the plain recursion, no constant rule), untied per position by one local VJP at the adjoint of
+    ``H_{t−1}`` (:func:`_untied_at`).
     """
 
-    expected_harm: Array
-    harm_variance: Array
-    harm_information: Array
-    gradient_norm_by_position: Array
-    autodiff_gradient_norm_by_position: Array
-    gradient_autodiff_max_abs_error: Array
-    fisher_bound_by_position: Array
-    horizon_distribution: Array
-    uniform_horizon: Array
-    equilibrium_kl_by_position: Array
-    equilibrium_kl: Array
-    martingale: Array
-    log_partition: Array
-    gradient: Array
+    logits: Array
+    aut: Automaton
+    horizon: int
 
+    def pull(self, cotangent: Array, t) -> Array:
+        return cotangent
 
-# Positions reduced together by :func:`dp_analyze_arrays`: large enough that the per-position
-# terms are a few big batched contractions, small enough that the ``(chunk, V + 1, V)``
-# temporaries (``G_t`` and the untied autodiff gradient) stay a few MB (4 MB at V = 64). At
-# T = 10^4, V = 64, S = 8, chunks of 64, 128, 256 and 1024 were within the timing noise of each
-# other (±10 %), 128 the best of them.
-_CHUNK = 128
+    def fisher_trace(self, step) -> Array:
+        pi = jax.nn.softmax(self.logits, axis=-1)
+        return (1.0 - jnp.sum(pi**2, axis=-1))[:, None]  # tr F per logit row c, for every s
 
+    def reference(self) -> tuple:
+        total, adjoints = dp_autodiff(self.logits, self.aut, self.horizon)
+        return total, (adjoints,)
 
-def _position_terms(logits, aut: Automaton, hs, log_z, det, log_p, adjoints, log_z0=None):
-    """Per-position reductions of :func:`dp_analyze_arrays` at ``t = 1..T``, batched by chunks of
-    :data:`_CHUNK` positions; returns the stacked scalars and ``Σ_t G_t``.
+    def untied(self, step) -> Array:
+        return _untied_at(self.logits, step.pairs[0][1], step.extra[0])
 
-    ``adjoints`` is ``(T, V + 1, S)`` (the autodiff references are compared) or ``(T, 0)``.
-    The arrays may be a window of positions ``t = a+1..b`` (``hs``, ``log_z``, ``det`` and
-    ``log_p`` at ``a..b``, ``adjoints`` at ``a+1..b``), with ``log_z0 = log Z_0`` of the start
-    state given (it is ``log_z[0, -1, start]`` only for the whole range).
-    """
-    autodiff = adjoints.shape[-1] > 0
-    trans = aut.transitions
-    pi = jnp.exp(_markov_log_cond(logits)[:, 0, :])
-    trace_row = 1.0 - jnp.sum(pi**2, axis=-1)  # tr F per logit row
-    if log_z0 is None:
-        log_z0 = log_z[0, -1, aut.start]
+    def summand(self, cotangent: Array) -> Array:
+        return cotangent
 
-    def terms(log_p_tm1, h_tm1, h_t, z_tm1, z_t, det_tm1, det_t, adj):
-        """Every per-position quantity at position ``t`` (docs/theory.md §3-7).
-
-        The reductions run over ``(c, s, v)``; every sum that does not need ``c`` and ``v`` apart
-        goes through ``Q = P_{t−1}ᵀ π``, ``Q[s, v] = P(state s, next token v)``, so that the only
-        ``(V+1) · S · V`` products per position are ``Q`` and ``G_t`` (and the untied reference).
-        """
-        p = jnp.exp(log_p_tm1)  # (V+1, S)
-        edges = p.T @ pi  # Q[s, v] = Σ_c P_{t−1}(c, s) π(v|c)
-        child = _children(h_t, trans)  # (S, V)
-        open_ = ~_constant_states(child)  # states whose children differ (the others give exactly 0)
-        p_open = jnp.where(open_[None, :], p, 0.0)
-        # Expanded about the first child m_s (rounding error ε · spread², not ε · H²), with
-        # E[H_t − m | c, s] = H_{t−1}(c, s) − m at every open state (the martingale property):
-        # I_t = Σ_s [Σ_v Q[s, v] (H_t(v, δ(s, v)) − m_s)² − Σ_c P(c, s) (H_{t−1}(c, s) − m_s)²].
-        centred = child - child[:, :1]
-        gap = h_tm1 - child[None, :, 0]
-        var_s = jnp.sum(edges * centred**2, axis=-1) - jnp.sum(p * gap**2, axis=0)
-        info = jnp.sum(jnp.where(open_, jnp.maximum(var_s, 0.0), 0.0))
-        grad = pi * (p_open @ centred - jnp.sum(p_open * gap, axis=1, keepdims=True))
-        trace = jnp.sum(p * trace_row[:, None])
-        newly = det_t[trans]  # (S, V): the child is determined
-        horizon_mass = jnp.sum(jnp.where(newly & ~det_tm1[:, None], edges, 0.0))
-        # tilt: P*(c, s) = P(c, s) Z_{t−1}(c, s) / Z_0 and KL(π*(·|x) ‖ π_0(·|x)) =
-        # E_{π*}[log Z_t(x·v)] − log Z_{t−1}(x); summed over c, the first term is
-        # Σ_v Q[s, v] Z_t(v, δ(s, v)) log Z_t(v, δ(s, v)) / Z_0 (shifted by the top child of s).
-        # Exactly 0 at states whose children share log Z_t.
-        child_z = _children(z_t, trans)
-        z_top = jnp.max(child_z, axis=-1)
-        rel = child_z - z_top[:, None]
-        p_star = jnp.exp(log_p_tm1 + z_tm1 - log_z0)  # P*(c, s)
-        kl_s = jnp.exp(z_top - log_z0) * jnp.sum(edges * jnp.exp(rel) * rel, axis=-1) - jnp.sum(
-            p_star * (z_tm1 - z_top[None, :]), axis=0
-        )
-        kl = jnp.sum(jnp.where(_constant_states(child_z), 0.0, jnp.maximum(kl_s, 0.0)))
-        if autodiff:
-            untied = _untied_at(logits, child, adj)
-            err = jnp.max(jnp.abs(grad - untied))
-            u_norm = jnp.sqrt(jnp.sum(untied**2))
-        else:
-            err, u_norm = jnp.zeros(()), jnp.zeros(())
-        return (info, jnp.sqrt(jnp.sum(grad**2)), trace, horizon_mass, kl, err, u_norm), grad
-
-    def chunk_terms(start, size):
-        """``terms`` at positions ``start + 1 .. start + size``, and the sum of their ``G_t``."""
-
-        def rows(a, n):
-            return jax.lax.dynamic_slice_in_dim(a, start, n)
-
-        h, z, d = rows(hs, size + 1), rows(log_z, size + 1), rows(det, size + 1)
-        adj = rows(adjoints, size)
-        outs, grads = jax.vmap(terms)(rows(log_p, size), h[:-1], h[1:], z[:-1], z[1:], d[:-1], d[1:], adj)
-        return outs, jnp.sum(grads, axis=0)
-
-    horizon = log_p.shape[0] - 1
-    chunk = min(_CHUNK, horizon)
-    n_full, rest = divmod(horizon, chunk)
-
-    def body(grad_sum, i):
-        outs, grads = chunk_terms(i * chunk, chunk)
-        return grad_sum + grads, outs
-
-    grad_sum, outs = jax.lax.scan(body, jnp.zeros_like(logits), jnp.arange(n_full))
-    outs = jax.tree.map(lambda a: a.reshape((n_full * chunk,)), outs)
-    if rest:
-        tail, grads = chunk_terms(n_full * chunk, rest)
-        grad_sum = grad_sum + grads
-        outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, tail)
-    return outs, grad_sum
-
-
-def _finish(
-    logits, aut: Automaton, backward, log_p, autodiff_out, outs, grad_sum, autodiff: bool
-) -> DPAnalysis:
-    """The :class:`DPAnalysis` from the recursions and the per-position reductions."""
-    hs, log_z, det, reach = backward
-    total = autodiff_out[0] if autodiff else jnp.zeros_like(logits)
-    info, g_norms, traces, tau, kls, errs, u_norms = outs
-    p_T = jnp.exp(log_p[-1])
-    final = aut.final_harm[None, :]
-    mean = jnp.sum(p_T * final)
-    variance = jnp.sum(p_T * (final - mean) ** 2)
-    tau_0 = jnp.where(det[0, aut.start], 1.0, 0.0)
-    error = jnp.maximum(jnp.max(errs, initial=0.0), jnp.max(jnp.abs(grad_sum - total)))
-    return DPAnalysis(
-        expected_harm=hs[0, -1, aut.start],
-        harm_variance=variance,
-        harm_information=info,
-        gradient_norm_by_position=g_norms,
-        autodiff_gradient_norm_by_position=u_norms,
-        gradient_autodiff_max_abs_error=error if autodiff else jnp.float64(jnp.nan),
-        fisher_bound_by_position=jnp.sqrt(info * traces),
-        horizon_distribution=jnp.concatenate([tau_0[None], tau]),
-        uniform_horizon=_uniform_horizon(det, reach),
-        equilibrium_kl_by_position=kls,
-        equilibrium_kl=jnp.sum(kls),
-        martingale=hs,
-        log_partition=log_z,
-        gradient=grad_sum,
-    )
-
-
-def _uniform_horizon(det: Bool[Array, "T1 S"], reach: Bool[Array, "T1 S"]) -> Array:
-    """``k``: the first position at which every reachable automaton state is determined."""
-    return jnp.argmax(jnp.all(det | ~reach, axis=1))
-
-
-def _no_adjoints(horizon: int) -> Array:
-    return jnp.zeros((horizon, 0))
+    def total(self, summed: Array, martingale) -> Array:
+        return summed
 
 
 def _backward_stage(logits, aut: Automaton, lam, horizon: int, unroll: int):
-    pi = jnp.exp(_markov_log_cond(logits)[:, 0, :])  # (V+1, V)
-    hs, log_z, det = _backward_passes(pi, aut, horizon, lam, unroll)
-    return hs, log_z, det, dp_reachable(aut, horizon)
+    return backward_stage(ProductEngine.markov(logits, aut, horizon, unroll), aut.final_harm, lam)
 
 
 def _forward_stage(logits, aut: Automaton, horizon: int, unroll: int):
-    return _forward_log_probs(jnp.exp(_markov_log_cond(logits)[:, 0, :]), aut, horizon, unroll)
+    return ProductEngine.markov(logits, aut, horizon, unroll).log_prob
+
+
+def _analysis_stage(logits, aut: Automaton, lam, horizon: int, autodiff: bool, backward, log_p, reference):
+    engine = ProductEngine.markov(logits, aut, horizon, log_p=log_p)
+    grads = TableGradients(logits, aut, horizon)
+    return analysis(
+        engine, grads, aut.final_harm, lam, autodiff=autodiff, backward=backward, reference=reference
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("horizon", "autodiff", "unroll"))
 def dp_analyze_arrays(
     logits: Float[Array, "V1 V"], aut: Automaton, lam, horizon: int, autodiff: bool = True, unroll: int = 1
-) -> DPAnalysis:
+) -> Analysis:
     """:func:`dp_analyze` on raw arrays, as one compiled program (``horizon``, ``autodiff`` and
-    ``unroll`` static).
+    ``unroll`` static): :func:`toysim._analysis.analysis` on the product engine.
 
-    Three sequential passes, each as lean as the recursion allows: one reverse scan for ``H``,
-    ``log Z`` and the determined states, one forward scan for ``log P_t`` (stored, ``T (V+1) S``
-    numbers), and the autodiff reference. The per-position quantities are then reduced in chunks
-    of :data:`_CHUNK` positions, batched, so nothing of size ``(T, V+1, V)`` is held at once.
-    ``unroll`` is passed to the two sequential scans of the analysis.
-
-    :func:`dp_analyze_concurrent` computes the same values with the three passes run side by side.
+    :func:`dp_analyze_concurrent` computes the same values with the three recursions run side by side.
     """
-    backward = _backward_stage(logits, aut, lam, horizon, unroll)
-    log_p = _forward_stage(logits, aut, horizon, unroll)
-    autodiff_out = dp_autodiff(logits, aut, horizon) if autodiff else None
-    adjoints = autodiff_out[1] if autodiff else _no_adjoints(horizon)
-    hs, log_z, det, _ = backward
-    outs, grad_sum = _position_terms(logits, aut, hs, log_z, det, log_p, adjoints)
-    return _finish(logits, aut, backward, log_p, autodiff_out, outs, grad_sum, autodiff)
+    engine = ProductEngine.markov(logits, aut, horizon, unroll)
+    return analysis(engine, TableGradients(logits, aut, horizon), aut.final_harm, lam, autodiff=autodiff)
 
 
 # Horizon from which dp_analyze runs the recursions side by side (dp_analyze_concurrent).
 _CONCURRENT_FROM = 512
 _backward_jit = jax.jit(_backward_stage, static_argnames=("horizon", "unroll"))
 _forward_jit = jax.jit(_forward_stage, static_argnames=("horizon", "unroll"))
-_position_terms_jit = jax.jit(_position_terms)
-_finish_jit = jax.jit(_finish, static_argnames=("autodiff",))
+_analysis_jit = jax.jit(_analysis_stage, static_argnames=("horizon", "autodiff"))
 
 
 def _in_threads(jobs):
@@ -753,15 +567,14 @@ def _in_threads(jobs):
 
 def dp_analyze_concurrent(
     logits: Float[Array, "V1 V"], aut: Automaton, lam, horizon: int, autodiff: bool = True, unroll: int = 1
-) -> DPAnalysis:
+) -> Analysis:
     """:func:`dp_analyze_arrays` with its three independent recursions run at the same time.
 
     The backward scan (``H``, ``log Z``, determined states), the forward scan (``log P_t``) and the
     autodiff reference do not depend on each other. Each is a long chain of small steps that XLA
     on CPU runs on one core, one after the other within one program; compiled apart and launched
-    from a pool of threads, they run side by side on several cores (measured on 2 cores at
-    T = 10^4, V = 64, S = 8: 0.58 s for the three instead of 0.80 s). The reductions then run as a
-    fourth program. Same operations on the same inputs, so the same values as
+    from a pool of threads, they run side by side on several cores. The per-position reductions
+    then run as a fourth program. Same operations on the same inputs, so the same values as
     :func:`dp_analyze_arrays` up to XLA's fusion choices (measured at T = 10^4: 4e-16 for ``H``,
     8e-14 for ``log Z`` and the summed KL, whose terms add up 10^4 roundings).
     """
@@ -772,12 +585,8 @@ def dp_analyze_concurrent(
     if autodiff:
         jobs.append(lambda: dp_autodiff(logits, aut, horizon))
     done = _in_threads(jobs)
-    backward, log_p = done[0], done[1]
-    autodiff_out = done[2] if autodiff else None
-    adjoints = autodiff_out[1] if autodiff else _no_adjoints(horizon)
-    hs, log_z, det, _ = backward
-    outs, grad_sum = _position_terms_jit(logits, aut, hs, log_z, det, log_p, adjoints)
-    return _finish_jit(logits, aut, backward, log_p, autodiff_out, outs, grad_sum, autodiff)
+    reference = (done[2][0], (done[2][1],)) if autodiff else None
+    return _analysis_jit(logits, aut, lam, horizon, autodiff, done[0], done[1], reference)
 
 
 # Float64 numbers held per position by :func:`dp_analyze_arrays`, per product state ``(V + 1) · S``:
@@ -840,7 +649,7 @@ def dp_check_fits(vocab_size: int, horizon: int, n_states: int, autodiff: bool =
         )
 
 
-def dp_analyze(policy: Any, params: PyTree, harm: Any, lam: float, autodiff: bool = True) -> DPAnalysis:
+def dp_analyze(policy: Policy, params: PyTree, harm: Any, lam: float, autodiff: bool = True) -> Analysis:
     """Exact analysis of a first-order Markov policy and a DFA harm by DP over (position, state).
 
     Same quantities as :func:`toysim.analyze` (``E[h]``, ``Var h``, ``I_t``, ``G_t`` in
@@ -856,7 +665,7 @@ def dp_analyze(policy: Any, params: PyTree, harm: Any, lam: float, autodiff: boo
       autodiff: also compute the autodiff references (``jax.grad``, untied per position).
 
     Returns:
-      :class:`DPAnalysis`.
+      :class:`toysim.Analysis`.
 
     Raises:
       ValueError: for another policy kind or order, a table harm, or outputs that would not fit.

@@ -25,8 +25,8 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +34,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
-PyTree = Any
+from ._engine import Step, TreeKernel, expectation, log_expectation
+from ._types import Policy, PyTree
 
 
 class Levels(NamedTuple):
-    """A policy laid out on the prefix tree.
+    """A policy laid out on the prefix tree: the tree engine (``toysim._engine.Engine``).
+
+    The states at position ``t`` are the ``V**t`` prefixes of length ``t`` in lexicographic order;
+    the children of prefix ``i`` are ``i·V + v``, so moving between positions is a reshape.
 
     Attributes:
       log_cond: ``T`` arrays; entry ``t`` has shape ``(V**t, V)`` and holds ``log π(v | p)`` for
@@ -56,6 +60,77 @@ class Levels(NamedTuple):
     @property
     def vocab_size(self) -> int:
         return self.log_cond[0].shape[-1]
+
+    @property
+    def log_prob(self) -> tuple[Array, ...]:
+        """``log P_t(p)`` for ``t = 0..T`` (the forward pass)."""
+        return self.log_prefix
+
+    def leaf(self, final: Array) -> Array:
+        """A function of the whole sequence, ``(V**T,)``, as the leaf of a backward pass."""
+        return final
+
+    def at_start(self, values: Sequence[Array]) -> Array:
+        """The value at the empty prefix."""
+        return values[0][0]
+
+    @classmethod
+    def structure(cls, vocab_size: int, horizon: int) -> "Levels":
+        """The tree's shape without a policy, for reductions that read no probabilities (``min``,
+        ``max``: where the harm is determined depends on ``h`` alone)."""
+        shapes = tuple(jax.ShapeDtypeStruct((vocab_size**t, vocab_size), jnp.float64) for t in range(horizon))
+        return cls(shapes, ())
+
+    def sum_states(self, values: Sequence[Array]) -> Array:
+        """``Σ_p values_t(p)`` at every position of a per-position container, stacked."""
+        return jnp.stack([jnp.sum(v) for v in values])
+
+    def reachable(self) -> tuple[Array, ...]:
+        """Every prefix can occur (softmax policies have full support)."""
+        return tuple(jnp.ones((self.vocab_size**t,), bool) for t in range(self.horizon + 1))
+
+    def children(self, values_t: Array, t: int) -> Array:
+        """``values_t(p·v)`` for every prefix ``p`` of length ``t − 1``, shape ``(V**(t−1), V)``."""
+        return values_t.reshape(self.log_cond[t - 1].shape)
+
+    def step(self, t: int, values: tuple = (), extra: tuple = ()) -> Step:
+        """Position ``t`` (``1..T``): its kernel, the parents' ``log P`` and the value pairs."""
+        pairs = tuple((v[t - 1], self.children(v[t], t)) for v in values)
+        log_p = self.log_prefix[t - 1] if self.log_prefix else None
+        return Step(t, TreeKernel(self.log_cond[t - 1]), log_p, pairs, tuple(e[t - 1] for e in extra))
+
+    def backward(self, leaves: tuple, reductions: tuple, values: tuple = (), extra: tuple = ()) -> tuple:
+        """Backward recursions from each leaf, level by level, with its reduction.
+
+        Args:
+          leaves: leaf values ``(V**T,)``, one per recursion.
+          reductions: one :data:`toysim._engine.Reduction` per leaf.
+          values, extra: per-position data handed to the reductions in the :class:`Step` of each
+            position (as in :meth:`positions`).
+
+        Returns:
+          One tuple of ``T + 1`` arrays per leaf (entry ``t`` of shape ``(V**t,)``).
+        """
+        outs = [[leaf] for leaf in leaves]
+        for t in range(self.horizon, 0, -1):
+            step = self.step(t, values, extra)
+            for out, reduce in zip(outs, reductions):
+                out.append(shard_prefixes(reduce(step.kernel, self.children(out[-1], t), step)))
+        return tuple(tuple(reversed(out)) for out in outs)
+
+    def positions(self, fn: Callable, values: tuple = (), extra: tuple = ()) -> tuple:
+        """``fn`` at every position ``t = 1..T``: its first output stacked, its second summed.
+
+        ``fn`` gets a :class:`toysim._engine.Step` and returns ``(per_position, summed)``; the
+        per-position outputs must be scalars (or equal shapes) to stack, ``summed`` pytrees of equal
+        structure (``None`` for none).
+        """
+        stacked, total = [], None
+        for t in range(1, self.horizon + 1):
+            out, add = fn(self.step(t, values, extra))
+            stacked.append(out)
+            total = add if total is None else jax.tree_util.tree_map(jnp.add, total, add)
+        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *stacked), total
 
 
 @functools.cache
@@ -87,14 +162,14 @@ def levels_from_log_cond(log_cond: Sequence[Array]) -> Levels:
     return Levels(tuple(log_cond), tuple(log_prefix))
 
 
-def log_cond_untied(policy: Any, params_by_level: Sequence[PyTree]) -> tuple[Array, ...]:
+def log_cond_untied(policy: Policy, params_by_level: Sequence[PyTree]) -> tuple[Array, ...]:
     """``log π(·|p)`` at every level, level ``t`` reading its own parameter copy."""
     return tuple(
         jax.nn.log_softmax(policy.logits(params_by_level[t], t), axis=-1) for t in range(policy.horizon)
     )
 
 
-def forward(policy: Any, params: PyTree) -> Levels:
+def forward(policy: Policy, params: PyTree) -> Levels:
     """Lay a policy out on the prefix tree.
 
     Args:
@@ -113,44 +188,25 @@ def forward(policy: Any, params: PyTree) -> Levels:
     return levels_from_log_cond(log_cond_untied(policy, [params] * policy.horizon))
 
 
-def backward(levels: Levels, leaf: Float[Array, " leaves"]) -> tuple[Array, ...]:
-    """Conditional expectations of a leaf function at every level.
+def backward(engine, leaf: Float[Array, " leaves"]) -> tuple[Array, ...]:
+    """Conditional expectations ``E_t(x) = E[f(Y) | state x at t]`` of a leaf function.
 
-    ``E_t(p) = E[f(Y) | Y_≤t = p]``, computed as ``E_{t-1}(p) = Σ_v π(v|p) E_t(p·v)``.
+    ``E_{t-1}(x) = Σ_v π(v|x) E_t(x·v)`` (:func:`toysim._engine.expectation`, exact-constant rule),
+    on either engine.
 
     Args:
-      levels: the policy on the tree.
-      leaf: ``f`` at every leaf, shape ``(V**T,)``.
+      engine: the policy on the prefix tree (:class:`Levels`) or on the product states.
+      leaf: ``f`` at every leaf (``(V**T,)`` on the tree).
 
     Returns:
-      ``T + 1`` arrays, entry ``t`` of shape ``(V**t,)``; entry ``T`` is ``leaf`` itself.
+      Values at ``t = 0..T``; entry ``T`` is ``leaf`` itself.
     """
-    out = [leaf]
-    for lc in reversed(levels.log_cond):
-        child = out[-1].reshape(lc.shape)
-        mean = jnp.sum(jnp.exp(lc) * child, axis=-1)
-        out.append(shard_prefixes(jnp.where(_constant_rows(child), child[:, 0], mean)))
-    return tuple(reversed(out))
+    return engine.backward((engine.leaf(leaf),), (expectation,))[0]
 
 
-def _constant_rows(child: Array) -> Array:
-    """Prefixes whose children all hold the same value.
-
-    The expectation of a constant is that constant *exactly*; computing it as ``Σ_v π(v) c`` would
-    be off by the rounding of ``Σ_v π(v) ≈ 1``. This rule makes ``H``, ``Δ``, ``G_t`` and the tilt
-    exactly constant, zero or unchanged below every determined prefix (docs/theory.md §5, 7).
-    """
-    return jnp.all(child == child[:, :1], axis=-1)
-
-
-def log_backward(levels: Levels, log_leaf: Float[Array, " leaves"]) -> tuple[Array, ...]:
-    """Like :func:`backward` for ``exp(log_leaf)``, in log space (``logsumexp`` per prefix)."""
-    out = [log_leaf]
-    for lc in reversed(levels.log_cond):
-        child = out[-1].reshape(lc.shape)
-        lse = jax.nn.logsumexp(lc + child, axis=-1)
-        out.append(shard_prefixes(jnp.where(_constant_rows(child), child[:, 0], lse)))
-    return tuple(reversed(out))
+def log_backward(engine, log_leaf: Float[Array, " leaves"]) -> tuple[Array, ...]:
+    """Like :func:`backward` for ``exp(log_leaf)``, in log space (:func:`toysim._engine.log_expectation`)."""
+    return engine.backward((engine.leaf(log_leaf),), (log_expectation,))[0]
 
 
 def level_weights(levels: Levels, t: int) -> Float[Array, "prefix vocab"]:

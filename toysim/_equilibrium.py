@@ -7,13 +7,14 @@ The minimiser over all policies of ``L(π) = λ E_π[h] + KL(π ‖ π_0)`` is t
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._enumerate import Levels, levels_from_log_cond, log_backward, xlogy_kl
+from ._engine import Kernel, Step, constant_children, log_expectation
+from ._enumerate import Levels, levels_from_log_cond, xlogy_kl
 
 
 class Equilibrium(NamedTuple):
@@ -33,8 +34,61 @@ class Equilibrium(NamedTuple):
     prefix_kl: tuple[Array, ...]
 
 
+def tilt_leaf(engine, h: Float[Array, " leaves"], lam) -> Array:
+    """``log Z_T = −λ h``: the leaf of the tilt's log-partition pass."""
+    return engine.leaf(-lam * h)
+
+
+def log_partition(engine, h: Float[Array, " leaves"], lam) -> Any:
+    """``log Z_t(x)``, ``Z_t = E_{π_0}[e^{−λh} | state x at t]``, for ``t = 0..T`` (either engine).
+
+    The backward pass with the log-space expectation (exact-constant rule) from :func:`tilt_leaf`.
+    """
+    return engine.backward((tilt_leaf(engine, h, lam),), (log_expectation,))[0]
+
+
+def tilted_log_cond(log_cond: Array, z_parent: Array, z_child: Array) -> Array:
+    """``log π*_t(v|x) = log π_0(v|x) + (log Z_t(x·v) − log Z_{t−1}(x))``.
+
+    Parenthesised so that a state whose children share ``Z`` keeps ``log π* == log π_0`` exactly.
+    """
+    return log_cond + (z_child - z_parent[..., None])
+
+
+def tilt_state_kl(kernel: Kernel, z_parent: Array, z_child: Array) -> Array:
+    """``KL(π*(·|x) ‖ π_0(·|x)) = E_{π*}[log Z_t(x·v)] − log Z_{t−1}(x)`` at every parent state.
+
+    With ``r = log Z_t(x·v) − top`` (``top`` the largest child) and ``π*(v|x) = π_0(v|x) e^{r} /
+    e^{log Z_{t−1}(x) − top}``, this is ``e^{top − log Z_{t−1}} E_{π_0}[e^r r] − (log Z_{t−1} − top)``:
+    one expectation under ``π_0``, so the product engine never builds the tilted chain. Exactly 0 at
+    states whose children share ``log Z`` (the tilt leaves them unchanged, docs/theory.md §7); the
+    rounding of two nearly equal terms below zero is clamped to 0 in value only (a KL is never
+    negative; see :func:`_prefix_kl`).
+    """
+    top = jnp.max(z_child, axis=-1)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    rel = z_child - top[..., None]
+    kl = jnp.exp(top - z_parent) * kernel.mean(jnp.exp(rel) * rel) - (z_parent - top)
+    kl = kl + jax.lax.stop_gradient(jnp.maximum(kl, 0.0) - kl)
+    return jnp.where(constant_children(z_child), 0.0, kl)
+
+
+def tilt_kl_term(step: Step, log_z0: Array, pair: tuple | None = None) -> Array:
+    """``D_t = Σ_x P*_{t−1}(x) KL(π*(·|x) ‖ π_0(·|x))``, ``P*(x) = P(x) Z_{t−1}(x) / Z_0``."""
+    z_parent, z_child = step.pairs[0] if pair is None else pair
+    p_star = jnp.exp(step.log_p + z_parent - log_z0)
+    return jnp.sum(p_star * tilt_state_kl(step.kernel, z_parent, z_child))
+
+
+def tilt_kl_by_position(engine, log_z) -> Float[Array, " T"]:
+    """``D_1..D_T`` of the tilt from ``log Z`` (either engine; :func:`tilt_kl_term`)."""
+    log_z0 = engine.at_start(log_z)
+    kls, _ = engine.positions(lambda step: (tilt_kl_term(step, log_z0), None), (log_z,))
+    return kls
+
+
 def tilt(base: Levels, h: Float[Array, " leaves"], lam: float) -> Equilibrium:
-    """The equilibrium ``π* ∝ π_0 e^{−λh}`` and its per-position KL to ``π_0`` [Thm 14].
+    """The equilibrium ``π* ∝ π_0 e^{−λh}`` on the tree and its per-position KL to ``π_0`` [Thm 14].
 
     Args:
       base: the reference policy ``π_0`` on the tree (``toysim.forward``).
@@ -50,14 +104,11 @@ def tilt(base: Levels, h: Float[Array, " leaves"], lam: float) -> Equilibrium:
       >>> round(float(jnp.exp(eq.levels.log_cond[0][0, 1])), 6)  # e^-1 / (1 + e^-1)
       0.268941
     """
-    log_z = log_backward(base, -lam * h)
-    log_cond = []
-    for t, lc in enumerate(base.log_cond):
-        # Parenthesised so that a prefix whose children share Z keeps log π* == log π_0 exactly.
-        log_cond.append(lc + (log_z[t + 1].reshape(lc.shape) - log_z[t][:, None]))
-    star = levels_from_log_cond(log_cond)
-    prefix_kl = tuple(_prefix_kl(s, b) for s, b in zip(star.log_cond, base.log_cond))
-    return Equilibrium(star, log_z, _average_over_prefixes(star, prefix_kl), prefix_kl)
+    log_z = log_partition(base, h, lam)
+    steps = [base.step(t, (log_z,)) for t in range(1, base.horizon + 1)]
+    star = levels_from_log_cond([tilted_log_cond(s.kernel.log_cond, *s.pairs[0]) for s in steps])
+    prefix_kl = tuple(tilt_state_kl(s.kernel, *s.pairs[0]) for s in steps)
+    return Equilibrium(star, log_z, tilt_kl_by_position(base, log_z), prefix_kl)
 
 
 def sequence_kl(p: Levels, q: Levels) -> Array:
@@ -78,7 +129,7 @@ def _prefix_kl(log_p: Array, log_q: Array) -> Array:
     KL). A KL is never negative, but ``Σ p (log p − log q)`` of two nearly equal distributions
     sums terms of both signs and can round to about −1e-16 (λ = 1e-12 gave ``D_1 = −8e-17``); the
     true value is then below the rounding (``≈ λ² Var/2``), so 0 is the closest float64 answer.
-    The DP engine clamps its per-state KL the same way (``toysim/_dp.py``, ``_position_terms``).
+    The tilt's closed form clamps its per-state KL the same way (:func:`tilt_state_kl`).
 
     The clamp corrects the *value* only: derivatives are those of the unclamped sum (a
     straight-through correction). The training objective ``λ E[h] + KL`` is differentiated through

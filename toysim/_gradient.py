@@ -16,16 +16,17 @@ The autodiff references are independent of ``H``: :func:`autodiff_gradient` is `
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._enumerate import Levels, level_weights, levels_from_log_cond, log_cond_untied
+from ._engine import Step, constant_children
+from ._enumerate import Levels, levels_from_log_cond, log_cond_untied
 from ._martingale import innovations
+from ._types import Policy, PyTree
 
-PyTree = Any
 
 
 def tree_sq_norm(tree: PyTree) -> Array:
@@ -33,44 +34,56 @@ def tree_sq_norm(tree: PyTree) -> Array:
     return sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(tree))
 
 
-def covariance_weights(levels: Levels, martingale: tuple[Array, ...]) -> tuple[Array, ...]:
-    """``w_t(p, v) = P(p) π(v|p) Δ_t(p·v)`` for ``t = 1..T``, each of shape ``(V**(t-1), V)``.
+def covariance_cotangent(step: Step, pair: tuple | None = None) -> Array:
+    """``G_t`` as the cotangent of position ``t``'s logits, from the pair ``(H_{t−1}, H_t)``.
 
-    ``w_t`` is ``∂E[h] / ∂logit(p, v)`` for a tabular policy (docs/theory.md §4, closed form).
+    ``w_t(x, v) = P(x) π(v|x) (H_t(x·v) − H_{t−1}(x))`` (:meth:`toysim._engine.Kernel.pull`),
+    accumulated into the logit rows the states read: on the tree one row per prefix (``w_t`` is
+    ``∂E[h] / ∂logit(p, v)`` of a tabular policy, docs/theory.md §4), on the product the rows ``c``
+    of the shared table. States whose children share ``H`` are left out (they give exactly 0).
     """
-    deltas = innovations(martingale)
-    return tuple(level_weights(levels, t + 1) * deltas[t] for t in range(len(deltas)))
+    parent, child = step.pairs[0] if pair is None else pair
+    weight = jnp.where(constant_children(child), 0.0, jnp.exp(step.log_p))
+    return step.kernel.pull(weight, child, parent)
 
 
-def pull_back(policy: Any, params: PyTree, cotangents: Sequence[Array]) -> tuple[PyTree, ...]:
+def covariance_weights(levels: Levels, martingale: tuple[Array, ...]) -> tuple[Array, ...]:
+    """``w_t(p, v) = P(p) π(v|p) Δ_t(p·v)`` for ``t = 1..T`` on the tree, each ``(V**(t-1), V)``
+    (:func:`covariance_cotangent` at every level)."""
+    return tuple(covariance_cotangent(levels.step(t, (martingale,))) for t in range(1, levels.horizon + 1))
+
+
+def pull_back_level(policy: Policy, params: PyTree, cotangent: Array, t: int) -> PyTree:
+    """``J_tᵀ c_t``: a cotangent of the level-``t`` logits as a parameter gradient."""
+    _, vjp = jax.vjp(lambda theta: policy.logits(theta, t), params)
+    return vjp(cotangent)[0]
+
+
+def pull_back(policy: Policy, params: PyTree, cotangents: Sequence[Array]) -> tuple[PyTree, ...]:
     """Per-position parameter gradients ``J_tᵀ c_t`` from cotangents ``c_t`` of the level logits."""
-    out = []
-    for t, c_t in enumerate(cotangents):
-        _, vjp = jax.vjp(lambda theta, t=t: policy.logits(theta, t), params)
-        out.append(vjp(c_t.astype(c_t.dtype))[0])
-    return tuple(out)
+    return tuple(pull_back_level(policy, params, c_t, t) for t, c_t in enumerate(cotangents))
 
 
-def pull_back_sum(policy: Any, params: PyTree, cotangents: Sequence[Array]) -> PyTree:
+def pull_back_sum(policy: Policy, params: PyTree, cotangents: Sequence[Array]) -> PyTree:
     """``Σ_t J_tᵀ c_t`` in one vector-Jacobian product of all level logits at once."""
     _, vjp = jax.vjp(lambda theta: tuple(policy.logits(theta, t) for t in range(policy.horizon)), params)
     return vjp(tuple(cotangents))[0]
 
 
-def per_position(policy: Any, params: PyTree, cotangents: Sequence[Array]) -> tuple:
+def per_position(policy: Policy, params: PyTree, cotangents: Sequence[Array]) -> tuple:
     """Per-position gradients from level cotangents, in their most compact exact form.
 
     For a tabular policy level ``t`` reads exactly parameter block ``t``, so ``G_t`` is the
     cotangent itself (the parameters outside block ``t`` get exactly zero, which is not stored);
     other policies pull each cotangent back to their shared parameters (:func:`pull_back`).
     """
-    if getattr(policy, "level_reads_own_block", False):
+    if policy.level_reads_own_block:
         return tuple(cotangents)
     return pull_back(policy, params, cotangents)
 
 
 def covariance_gradient(
-    policy: Any, params: PyTree, levels: Levels, martingale: tuple[Array, ...]
+    policy: Policy, params: PyTree, levels: Levels, martingale: tuple[Array, ...]
 ) -> tuple[PyTree, ...]:
     """Per-position gradients ``G_1..G_T`` in covariance form [Thm 8].
 
@@ -93,7 +106,7 @@ def expected_harm_from_log_cond(log_cond: Sequence[Array], h: Float[Array, " lea
     return jnp.sum(jnp.exp(levels_from_log_cond(log_cond).log_prefix[-1]) * h)
 
 
-def expected_harm(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> Array:
+def expected_harm(policy: Policy, params: PyTree, h: Float[Array, " leaves"]) -> Array:
     """``E_{π_θ}[h]``, differentiable in ``params``.
 
     Example:
@@ -104,12 +117,12 @@ def expected_harm(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> Ar
     return expected_harm_from_log_cond(log_cond_untied(policy, [params] * policy.horizon), h)
 
 
-def autodiff_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> PyTree:
+def autodiff_gradient(policy: Policy, params: PyTree, h: Float[Array, " leaves"]) -> PyTree:
     """``jax.grad`` of :func:`expected_harm`: the reference for ``Σ_t G_t``."""
     return jax.grad(expected_harm, argnums=1)(policy, params, h)
 
 
-def logit_cotangents(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple[Array, ...]:
+def logit_cotangents(policy: Policy, params: PyTree, h: Float[Array, " leaves"]) -> tuple[Array, ...]:
     """``∂E[h] / ∂logits_t`` for every level ``t``, by reverse-mode autodiff.
 
     Differentiates ``E[h] = Σ_y P(y) h(y)`` through ``log_softmax`` and the log-probability
@@ -128,7 +141,7 @@ def logit_cotangents(policy: Any, params: PyTree, h: Float[Array, " leaves"]) ->
     return jax.grad(objective)(logits)
 
 
-def untied_autodiff_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple:
+def untied_autodiff_gradient(policy: Policy, params: PyTree, h: Float[Array, " leaves"]) -> tuple:
     """Per-position autodiff gradients: ``G_t = ∂E[h]/∂θ_t`` with ``θ_1 = … = θ_T = θ`` (docs/theory.md §4).
 
     :func:`logit_cotangents` pulled back through each level's parameterisation. This equals
@@ -141,7 +154,7 @@ def untied_autodiff_gradient(policy: Any, params: PyTree, h: Float[Array, " leav
     return pull_back(policy, params, logit_cotangents(policy, params, h))
 
 
-def untied_copies_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves"]) -> tuple:
+def untied_copies_gradient(policy: Policy, params: PyTree, h: Float[Array, " leaves"]) -> tuple:
     """Per-position gradients by literally untying: ``T`` parameter copies, one per position.
 
     Memory grows as ``T · |θ|``; a slow reference for tests and checks on small instances.
@@ -154,7 +167,7 @@ def untied_copies_gradient(policy: Any, params: PyTree, h: Float[Array, " leaves
 
 
 def prefix_covariance_sq_norm(
-    policy: Any, params: PyTree, levels: Levels, martingale: tuple[Array, ...], t: int
+    policy: Policy, params: PyTree, levels: Levels, martingale: tuple[Array, ...], t: int
 ) -> Float[Array, " prefix"]:
     """``‖Cov(H_t, s_t | p)‖²`` for every prefix ``p`` of length ``t − 1`` (``t = 1..T``).
 
@@ -164,7 +177,7 @@ def prefix_covariance_sq_norm(
     """
     delta = innovations(martingale)[t - 1]
     probs = jnp.exp(levels.log_cond[t - 1])
-    if getattr(policy, "is_lookup", False):
+    if policy.is_lookup:
         return jnp.sum((probs * delta) ** 2, axis=-1)
 
     def log_probs(theta):
@@ -180,7 +193,7 @@ def prefix_covariance_sq_norm(
 
 
 def fisher_bound(
-    policy: Any, params: PyTree, levels: Levels, information: Float[Array, " T"]
+    policy: Policy, params: PyTree, levels: Levels, information: Float[Array, " T"]
 ) -> Float[Array, " T"]:
     """Right-hand side of [Thm 13]: ``sqrt(I_t · E[tr F_t])`` for ``t = 1..T``.
 
@@ -194,3 +207,39 @@ def fisher_bound(
         ]
     )
     return jnp.sqrt(information * traces)
+
+
+class TreeGradients(NamedTuple):
+    """The tree's :class:`toysim._analysis.Parameterisation`: a policy's own parameters.
+
+    ``G_t`` is the level's cotangent pulled back through ``policy.logits(θ, t − 1)``
+    (:func:`per_position`); the reference is ``jax.grad`` of ``E[h] = Σ_y P(y) h(y)`` with the level
+    logits untied (:func:`logit_cotangents`), independent of ``H``.
+    """
+
+    policy: Policy
+    params: PyTree
+    levels: Levels
+    h: Array
+
+    def pull(self, cotangent: Array, t: int) -> PyTree:
+        """``G_t`` in its most compact exact form (:func:`per_position`)."""
+        if self.policy.level_reads_own_block:
+            return cotangent
+        return pull_back_level(self.policy, self.params, cotangent, t - 1)
+
+    def fisher_trace(self, step) -> Array:
+        return self.policy.fisher_trace(self.params, step.t - 1)
+
+    def reference(self) -> tuple:
+        cotangents = logit_cotangents(self.policy, self.params, self.h)
+        return autodiff_gradient(self.policy, self.params, self.h), (cotangents,)
+
+    def untied(self, step) -> PyTree:
+        return self.pull(step.extra[0], step.t)
+
+    def summand(self, cotangent: Array) -> None:
+        return None  # the levels' shapes differ: summed at once by ``total``
+
+    def total(self, summed, martingale) -> PyTree:
+        return pull_back_sum(self.policy, self.params, covariance_weights(self.levels, martingale))

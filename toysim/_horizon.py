@@ -1,39 +1,48 @@
 """Harm horizons: where the harm is already decided (docs/theory.md §5).
 
-A prefix ``p`` of length ``t`` is *determined* when ``h(p·c)`` is the same for every continuation
-``c``. This is a property of ``h`` alone (softmax policies have full support), decided exactly by
-comparing the minimum and maximum of ``h`` below ``p``. The per-sequence horizon is
-``τ(y) = min{t : y_≤t determined}`` and the uniform horizon is ``k = max_y τ(y)``.
+A state ``x`` at position ``t`` is *determined* when the final harm is the same for every
+continuation: ``min == max`` of the harms reachable below ``x``, two backward recursions of the
+engine (:func:`toysim._engine.minimum`, :func:`toysim._engine.maximum`), exact (harm values are
+data, not results of arithmetic). On the product engine this depends on the remaining length, not
+only on the automaton state. This is a property of ``h`` alone (softmax policies have full support).
+The per-sequence horizon is ``τ(y) = min{t : y_≤t determined}`` and the uniform horizon is
+``k = max_y τ(y)``.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from ._engine import Step, maximum, minimum
 from ._enumerate import Levels
 
 
-def determined_masks(h: Float[Array, " leaves"], vocab_size: int, horizon: int) -> tuple[Array, ...]:
-    """For ``t = 0..T``, which prefixes of length ``t`` determine the harm.
+def determined(engine, final: Array):
+    """Which states determine the harm, at every position ``t = 0..T`` (either engine).
 
-    Exact: ``max h == min h`` over the subtree, with no tolerance (harm values are data, not
-    results of arithmetic).
+    Args:
+      engine: the tree (:class:`toysim.Levels`, or ``Levels.structure(V, T)``) or the product.
+      final: the harm of each final state (``(V**T,)`` leaves on the tree).
+    """
+    leaf = engine.leaf(final)
+    lo, hi = engine.backward((leaf, leaf), (minimum, maximum))
+    return jax.tree_util.tree_map(jnp.equal, lo, hi)
+
+
+def determined_masks(h: Float[Array, " leaves"], vocab_size: int, horizon: int) -> tuple[Array, ...]:
+    """For ``t = 0..T``, which prefixes of length ``t`` determine the harm (the tree's
+    :func:`determined`, from ``h`` alone).
 
     Returns:
       ``T + 1`` boolean arrays, entry ``t`` of shape ``(V**t,)``; entry ``T`` is all true.
     """
-    hi, lo = h, h
-    masks = [jnp.ones(h.shape, dtype=bool)]
-    for _ in range(horizon):
-        hi = hi.reshape(-1, vocab_size).max(axis=1)
-        lo = lo.reshape(-1, vocab_size).min(axis=1)
-        masks.append(hi == lo)
-    return tuple(reversed(masks))
+    return determined(Levels.structure(vocab_size, horizon), h)
 
 
 def sequence_horizon(masks: tuple[Bool[Array, ...], ...]) -> Int[Array, " leaves"]:
-    """``τ(y)`` for every sequence, shape ``(V**T,)``.
+    """``τ(y)`` for every sequence, shape ``(V**T,)`` (the tree only: one entry per sequence).
 
     Determination is inherited by extensions, so ``τ(y)`` is the number of undetermined prefixes
     ``y_≤t`` for ``t = 0..T``.
@@ -45,19 +54,36 @@ def sequence_horizon(masks: tuple[Bool[Array, ...], ...]) -> Int[Array, " leaves
     return tau
 
 
-def uniform_horizon(masks: tuple[Array, ...]) -> Int[Array, ""]:
-    """``k = max_y τ(y)``: the first length at which every prefix is determined."""
-    return jnp.argmax(jnp.stack([jnp.all(m) for m in masks]))
+def uniform_horizon(masks, engine=None) -> Int[Array, ""]:
+    """``k = max_y τ(y)``: the first position at which every reachable state is determined.
+
+    Args:
+      masks: :func:`determined`.
+      engine: the engine the masks belong to, whose ``reachable()`` states count and whose
+        ``sum_states`` counts them per position (default: every state of a sequence of
+        per-position arrays, as on the tree).
+    """
+    if engine is None:
+        undetermined = jnp.stack([jnp.sum(~m) for m in masks])
+    else:
+        open_states = jax.tree_util.tree_map(lambda m, r: (~m & r).astype(jnp.int32), masks, engine.reachable())
+        undetermined = engine.sum_states(open_states)
+    return jnp.argmax(undetermined == 0)
 
 
-def horizon_distribution(levels: Levels, masks: tuple[Array, ...]) -> Float[Array, " T_plus_1"]:
-    """``P(τ = t)`` for ``t = 0..T`` under the policy.
+def horizon_term(step: Step, pair: tuple | None = None) -> Array:
+    """``P(τ = t)``: mass of the edges from an undetermined state into a determined one."""
+    det_parent, det_child = step.pairs[0] if pair is None else pair
+    newly = det_child & ~det_parent[..., None]
+    return jnp.sum(jnp.exp(step.log_p) * step.kernel.mean(newly.astype(step.log_p.dtype)))
 
-    Computed as the probability of the prefixes that are determined at length ``t`` while their
+
+def horizon_distribution(engine, masks) -> Float[Array, " T_plus_1"]:
+    """``P(τ = t)`` for ``t = 0..T`` under the policy (either engine).
+
+    Computed as the probability of the states that are determined at position ``t`` while their
     parent is not, so every entry is a sum of non-negative terms.
     """
-    out = [jnp.sum(jnp.exp(levels.log_prefix[0]) * masks[0])]
-    for t in range(1, len(masks)):
-        parent_open = jnp.repeat(~masks[t - 1], levels.vocab_size)
-        out.append(jnp.sum(jnp.where(masks[t] & parent_open, jnp.exp(levels.log_prefix[t]), 0.0)))
-    return jnp.stack(out)
+    first = jnp.where(engine.at_start(masks), 1.0, 0.0)
+    by_position, _ = engine.positions(lambda step: (horizon_term(step), None), (masks,))
+    return jnp.concatenate([first[None], by_position])

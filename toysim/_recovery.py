@@ -40,16 +40,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._enumerate import Levels, backward, levels_from_log_cond, log_cond_untied
+from ._engine import Kernel, Step, masked_log_expectation
+from ._enumerate import Levels, backward, forward, levels_from_log_cond, log_cond_untied
 from ._equilibrium import kl_by_position, tilt
-from ._gradient import covariance_gradient
+from ._gradient import covariance_gradient, pull_back_level
 from ._harms import harm_values
 from ._horizon import determined_masks, uniform_horizon
 from ._martingale import harm_martingale
 from ._optimize import Objective, OptimizeResult, minimize
 from ._policies import TabularPolicy
+from ._types import Policy, PyTree
 
-PyTree = Any
 
 # Tolerance for a user-given Q: prefix marginals must sum to one and be consistent across lengths
 # (Q_t(p) = Σ_v Q_{t+1}(p·v)) up to this, far above float64 rounding of sums of V**T terms.
@@ -174,11 +175,24 @@ def recovery_spec(
     return RecoverySpec(mask, tuple(q), mu, gamma)
 
 
-def harmful_prefix_marginals(base: Levels, h: Float[Array, " leaves"]) -> tuple[np.ndarray, ...]:
-    """Prefix marginals of ``Q = π_0`` conditioned on harm, ``Q(y) ∝ π_0(y) h(y)``.
+def harmful_log_marginals(engine, martingale) -> tuple[Any, Array]:
+    """``log Q_t(x)`` of ``Q = π_0`` conditioned on harm, ``Q(y) ∝ π_0(y) h(y)``, for ``t = 0..T−1``,
+    and ``E_0[h]`` (either engine).
 
-    ``Q_t(p) = P_0(p) · H_0(p) / E_0[h]`` with ``H_0 = E_{π_0}[h | p]`` from the engine's
-    backward pass.
+    ``Q_t(x) = P_t(x) H_t(x) / E_0[h]``: the ``Q``-mass of the prefixes in state ``x`` is
+    ``Σ_{p → x} P(p) H(p) = P_t(x) H_t(x)``. ``−inf`` where ``H_t(x) = 0``.
+    """
+    total = engine.at_start(martingale)
+
+    def one(log_p, mart):
+        positive = mart > 0
+        return log_p + jnp.where(positive, jnp.log(jnp.where(positive, mart, 1.0)), -jnp.inf) - jnp.log(total)
+
+    return jax.tree_util.tree_map(one, engine.log_prob[:-1], martingale[:-1]), total
+
+
+def harmful_prefix_marginals(base: Levels, h: Float[Array, " leaves"]) -> tuple[np.ndarray, ...]:
+    """Prefix marginals of ``Q = π_0`` conditioned on harm on the tree (:func:`harmful_log_marginals`).
 
     Args:
       base: ``π_0`` on the tree.
@@ -190,11 +204,10 @@ def harmful_prefix_marginals(base: Levels, h: Float[Array, " leaves"]) -> tuple[
     Raises:
       ValueError: if ``E_0[h] = 0`` (``Q`` has no mass).
     """
-    H = backward(base, jnp.asarray(h))
-    total = float(H[0][0])
-    if not total > 0:
+    log_q, total = harmful_log_marginals(base, backward(base, jnp.asarray(h)))
+    if not float(total) > 0:
         raise ValueError("q = harmful (π_0 conditioned on harm) has no mass: E_0[h] = 0")
-    return tuple(np.asarray(jnp.exp(base.log_prefix[t]) * H[t] / total) for t in range(base.horizon))
+    return tuple(np.asarray(jnp.exp(x)) for x in log_q)
 
 
 def policy_prefix_marginals(levels: Levels) -> tuple[np.ndarray, ...]:
@@ -239,21 +252,68 @@ def sequence_prefix_marginals(
 # --------------------------------------------------------------------------- the objective
 
 
+def log_recovery(kernel: Kernel, mask: Array) -> tuple[Array, Array]:
+    """``log π(R | x)`` and ``log π(R^c | x)`` at every parent state of one position.
+
+    The complement is summed directly, so ``1 − π(R | x)`` keeps full relative precision when
+    ``π(R | x)`` is close to one. On the product the shape is ``(V + 1, 1)``: a state reads the
+    row of its last token.
+    """
+    lc = kernel.log_probs()
+    inside = jax.nn.logsumexp(jnp.where(mask, lc, -jnp.inf), axis=-1)
+    outside = jax.nn.logsumexp(jnp.where(mask, -jnp.inf, lc), axis=-1)
+    return inside, outside
+
+
 def log_recovery_probability(levels: Levels, mask: np.ndarray) -> tuple[Array, ...]:
-    """``log π(R | p)`` and ``log π(R^c | p)`` at every prefix of lengths ``0..T−1``.
+    """``log π(R | p)`` and ``log π(R^c | p)`` at every prefix of lengths ``0..T−1`` (the tree's
+    :func:`log_recovery` per level).
 
     Returns:
-      A pair of tuples of ``T`` arrays ``(V**t,)``; the complement is summed directly, so
-      ``1 − π(R | p)`` keeps full relative precision when ``π(R | p)`` is close to one.
+      A pair of tuples of ``T`` arrays ``(V**t,)``.
     """
-    inside = tuple(jax.nn.logsumexp(jnp.where(mask, lc, -jnp.inf), axis=-1) for lc in levels.log_cond)
-    outside = tuple(jax.nn.logsumexp(jnp.where(mask, -jnp.inf, lc), axis=-1) for lc in levels.log_cond)
-    return inside, outside
+    both = [log_recovery(levels.step(t).kernel, mask) for t in range(1, levels.horizon + 1)]
+    return tuple(b[0] for b in both), tuple(b[1] for b in both)
+
+
+def penalty_term(step: Step, mask: Array) -> Array:
+    """``μγ^{t−1} Σ_x Q_{t−1}(x) π(R^c | x)``: position ``t``'s recovery term [Def 16].
+
+    ``step.extra`` holds ``(log Q_{t−1}, μγ^{t−1})``.
+    """
+    log_q, discount = step.extra[:2]
+    _, outside = log_recovery(step.kernel, mask)
+    return discount * jnp.sum(jnp.exp(log_q + outside))
+
+
+def penalty(engine, mask: Array, log_q, discounts: Array) -> Array:
+    """The recovery term ``μ Σ_t γ^{t−1} E_{y~Q}[1 − π(R | y_<t)]`` (either engine), differentiable."""
+    terms, _ = engine.positions(lambda step: (penalty_term(step, mask), None), (), (log_q, discounts))
+    return jnp.sum(terms)
+
+
+def recovery_cotangent(step: Step, mask: Array) -> Array:
+    """``G̃_t = −μγ^{t−1} E_Q[∇π(R | y_<t)]`` as the cotangent of position ``t``'s logits.
+
+    For softmax logits ``∂π(R|x)/∂logit(x, v) = π(v|x) (1[v ∈ R] − π(R|x))`` (:meth:`Kernel.pull`
+    with weight ``−μγ^{t−1} Q_{t−1}(x)``). Non-zero wherever ``Q`` has mass and ``0 < π(R|x) < 1``,
+    past the harm horizon included (docs/theory.md §8). ``step.extra`` as in :func:`penalty_term`.
+    """
+    log_q, discount = step.extra[:2]
+    inside, _ = log_recovery(step.kernel, mask)
+    weight = -discount * jnp.exp(log_q)
+    child = jnp.broadcast_to(jnp.asarray(mask, weight.dtype), (weight.shape[-1], mask.shape[-1]))
+    return step.kernel.pull(weight, child, jnp.broadcast_to(jnp.exp(inside), weight.shape))
+
+
+def _log_q(spec: RecoverySpec) -> tuple[Array, ...]:
+    """``log Q_t`` of the tree's prefix marginals (``−inf`` where ``Q`` has no mass)."""
+    return tuple(jnp.log(jnp.asarray(q)) for q in spec.q_prefix)
 
 
 @jax.jit
 def recovery_penalty(levels: Levels, spec: RecoverySpec) -> Array:
-    """The recovery term ``μ Σ_t γ^{t−1} Σ_p Q_{t−1}(p) (1 − π(R | p))`` [Def 16].
+    """The recovery term ``μ Σ_t γ^{t−1} Σ_p Q_{t−1}(p) (1 − π(R | p))`` [Def 16] on the tree.
 
     Example:
       >>> lv = forward(TabularPolicy(2, 1), (jnp.zeros((1, 2)),))
@@ -261,8 +321,7 @@ def recovery_penalty(levels: Levels, spec: RecoverySpec) -> Array:
       >>> float(recovery_penalty(lv, spec))  # 2 · (1 − 1/2)
       1.0
     """
-    _, outside = log_recovery_probability(levels, spec.mask)
-    return sum(d * jnp.sum(q * jnp.exp(lo)) for d, q, lo in zip(spec.discounts, spec.q_prefix, outside))
+    return penalty(levels, spec.mask, _log_q(spec), jnp.asarray(spec.discounts))
 
 
 def _objective(levels: Levels, base: Levels, h: Array, lam: float, spec: RecoverySpec | None) -> Array:
@@ -273,7 +332,7 @@ def _objective(levels: Levels, base: Levels, h: Array, lam: float, spec: Recover
 
 @functools.partial(jax.jit, static_argnames=("policy",))
 def deep_objective(
-    policy: Any, params: PyTree, base: Levels, h: Float[Array, " leaves"], lam: float, spec: RecoverySpec
+    policy: Policy, params: PyTree, base: Levels, h: Float[Array, " leaves"], lam: float, spec: RecoverySpec
 ) -> Array:
     """``L_deep(θ) = λ E[h] + μ E_Q[Σ_t γ^{t−1}(1 − π_θ(R|y_<t))] + KL(π_θ ‖ π_0)`` (docs/theory.md §8).
 
@@ -297,7 +356,7 @@ def deep_objective(
 
 @functools.partial(jax.jit, static_argnames=("policy", "terms"))
 def gradient_by_position(
-    policy: Any,
+    policy: Policy,
     params: PyTree,
     base: Levels,
     h: Float[Array, " leaves"],
@@ -335,26 +394,20 @@ def gradient_by_position(
 
 
 @functools.partial(jax.jit, static_argnames=("policy",))
-def recovery_gradient(policy: Any, params: PyTree, spec: RecoverySpec) -> tuple[PyTree, ...]:
+def recovery_gradient(policy: Policy, params: PyTree, spec: RecoverySpec) -> tuple[PyTree, ...]:
     """Closed form of the recovery term's per-position gradient: ``−μγ^{t−1} E_Q[∇π_θ(R | y_<t)]``.
 
-    For softmax logits ``∂π(R|p)/∂logit(p, v) = π(v|p) (1[v ∈ R] − π(R|p))``, so the gradient at
-    position ``t`` is the VJP of the level-``t−1`` logits with weights
-    ``w_t(p, v) = −μγ^{t−1} Q(p) π(v|p) (1[v ∈ R] − π(R|p))``. It is non-zero wherever ``Q`` has
-    mass and ``0 < π(R|p) < 1``, beyond the harm horizon included (docs/theory.md §8).
+    :func:`recovery_cotangent` at every level, pulled back through the level's parameterisation.
 
     Returns:
       ``T`` pytrees shaped like ``params``.
     """
-    levels = levels_from_log_cond(log_cond_untied(policy, [params] * policy.horizon))
-    inside, _ = log_recovery_probability(levels, spec.mask)
-    out = []
-    for t, lc in enumerate(levels.log_cond):
-        probs = jnp.exp(lc)
-        w = -spec.discounts[t] * spec.q_prefix[t][:, None] * probs * (spec.mask - jnp.exp(inside[t])[:, None])
-        _, vjp = jax.vjp(lambda theta, t=t: policy.logits(theta, t), params)
-        out.append(vjp(w.astype(lc.dtype))[0])
-    return tuple(out)
+    levels = forward(policy, params)
+    extra = (_log_q(spec), jnp.asarray(spec.discounts))
+    return tuple(
+        pull_back_level(policy, params, recovery_cotangent(levels.step(t, (), extra), spec.mask), t - 1)
+        for t in range(1, policy.horizon + 1)
+    )
 
 
 # --------------------------------------------------------------------------- Gibbs form and training
@@ -487,14 +540,24 @@ def gibbs_gap(
 # --------------------------------------------------------------------------- robustness
 
 
-def min_log_recovery_probability(base: Levels, mask: np.ndarray) -> float:
-    """``log p_min = min_p log π_0(R | p)`` over every prefix of lengths ``0..T−1``.
+def min_log_recovery(engine, mask: Array) -> Array:
+    """``log p_min = min_x log π_0(R | x)`` over every state that occurs at positions ``0..T−1``
+    (either engine).
 
     Finite for finite logits even where ``p_min`` itself underflows to 0 (logits ±700 give
     ``log p_min ≈ −1400``): pass it to :func:`guaranteed_recovery` and :func:`attack_length`.
     """
-    inside, _ = log_recovery_probability(base, mask)
-    return min(float(jnp.min(x)) for x in inside)
+
+    def term(step):
+        inside = jnp.broadcast_to(log_recovery(step.kernel, mask)[0], step.log_p.shape)
+        return jnp.min(jnp.where(jnp.isfinite(step.log_p), inside, jnp.inf)), None
+
+    return jnp.min(engine.positions(term)[0])
+
+
+def min_log_recovery_probability(base: Levels, mask: np.ndarray) -> float:
+    """``log p_min = min_p log π_0(R | p)`` over every prefix of lengths ``0..T−1`` (:func:`min_log_recovery`)."""
+    return float(min_log_recovery(base, jnp.asarray(mask)))
 
 
 def min_recovery_probability(base: Levels, mask: np.ndarray) -> float:
@@ -604,31 +667,64 @@ def attack_length(
 # --------------------------------------------------------------------------- prefilling attacks
 
 
+def attack_curves(engine, mask: Array, log_q, *, log_z=None, discounts=None) -> dict[str, Array]:
+    """Prefilling-attack success ``A(k) = E_{x ~ Q_k}[P(no recovery token after x)]`` for
+    ``k = 0..T−1`` (docs/theory.md §9, toy version of Qi et al.), of up to three policies in one
+    backward pass (either engine):
+
+    * ``"policy"``: the engine's own policy, ``log N_{t−1}(x) = log Σ_{v ∉ R} π(v|x) N_t(x·v)``
+      (:func:`toysim._engine.masked_log_expectation` from ``log N_T = 0``);
+    * ``"standard"`` (given ``log_z`` of the tilt): the tilt ``π*(v|x) = π(v|x) Z_t(x·v) / Z_{t−1}(x)``,
+      ``log Σ_{v ∉ R} π(v|x) Z_t(x·v) N*_t(x·v) − log Z_{t−1}(x)``, so the tilted chain is never built;
+    * ``"gibbs"`` (given ``discounts`` ``μγ^{t−1}``): the Gibbs form
+      ``π^G_t(v|x) ∝ π(v|x) e^{μγ^{t−1} 1[v ∈ R]}`` [Thm 20]: the policy's sum minus
+      ``log(π(R^c|x) + π(R|x) e^{μγ^{t−1}})``, the normaliser on the tokens outside ``R``.
+    """
+    no_recovery = masked_log_expectation(mask)
+    zero = jnp.zeros_like(engine.log_prob[-1])  # log N_T = 0, in the layout of the final states
+    names, reductions, values, extra = ["policy"], [no_recovery], (), ()
+    if log_z is not None:
+        values = (log_z,)
+
+        def standard(kernel, child, step):
+            z_parent, z_child = step.pairs[0]
+            return no_recovery(kernel, child + z_child, step) - z_parent
+
+        names.append("standard")
+        reductions.append(standard)
+    if discounts is not None:
+        extra = (discounts,)
+
+        def gibbs(kernel, child, step):
+            inside, outside = log_recovery(kernel, mask)
+            return no_recovery(kernel, child, step) - jnp.logaddexp(outside, inside + step.extra[0])
+
+        names.append("gibbs")
+        reductions.append(gibbs)
+    passes = engine.backward(tuple(zero for _ in names), tuple(reductions), values, extra)
+
+    def curve(log_n):
+        return engine.sum_states(jax.tree_util.tree_map(lambda q, n: jnp.exp(q + n), log_q, log_n[:-1]))
+
+    return {name: curve(log_n) for name, log_n in zip(names, passes)}
+
+
 @jax.jit
 def log_no_recovery(levels: Levels, mask: np.ndarray) -> tuple[Array, ...]:
-    """``log P(no recovery token in positions t+1..T | p)`` at every prefix ``p`` of length ``t``.
-
-    A masked log-space backward pass over the engine's levels:
-    ``log N_t(p) = logsumexp_{v ∉ R}(log π(v|p) + log N_{t+1}(p·v))``, ``log N_T = 0``.
+    """``log P(no recovery token in positions t+1..T | p)`` at every prefix ``p`` of length ``t``
+    (the backward pass of :func:`attack_curves` on the tree).
 
     Returns:
       ``T + 1`` arrays, entry ``t`` of shape ``(V**t,)``.
     """
-    out = [jnp.zeros_like(levels.log_prefix[-1])]
-    for lc in reversed(levels.log_cond):
-        child = out[-1].reshape(lc.shape)
-        out.append(jax.nn.logsumexp(jnp.where(mask, -jnp.inf, lc + child), axis=-1))
-    return tuple(reversed(out))
+    return levels.backward((jnp.zeros_like(levels.log_prefix[-1]),), (masked_log_expectation(mask),))[0]
 
 
 @jax.jit
 def attack_success(levels: Levels, spec: RecoverySpec) -> Float[Array, " T"]:
-    """Prefilling-attack success at depth ``k``: ``E_{p ~ Q_k}[P_θ(no recovery token after p)]``.
-
-    (docs/theory.md §9, toy version of Qi et al.) For ``k = 0..T−1``.
-    """
-    log_n = log_no_recovery(levels, spec.mask)
-    return jnp.stack([jnp.sum(spec.q_prefix[k] * jnp.exp(log_n[k])) for k in range(levels.horizon)])
+    """Prefilling-attack success at depth ``k``: ``E_{p ~ Q_k}[P_θ(no recovery token after p)]``
+    of the tree's policy (:func:`attack_curves`), for ``k = 0..T−1``."""
+    return attack_curves(levels, spec.mask, _log_q(spec))["policy"]
 
 
 def standard_optimum(base: Levels, h: Float[Array, " leaves"], lam: float) -> Levels:

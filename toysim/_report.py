@@ -8,70 +8,23 @@ docs/theory.md §2–7 off those arrays.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._analysis import Analysis, analysis
 from ._enumerate import forward
-from ._equilibrium import tilt
-from ._gradient import (
-    autodiff_gradient,
-    covariance_weights,
-    fisher_bound,
-    logit_cotangents,
-    per_position,
-    pull_back_sum,
-    tree_sq_norm,
-)
-from ._horizon import determined_masks, horizon_distribution, uniform_horizon
-from ._martingale import martingale_summary
-
-PyTree = Any
-
-
-class Analysis(NamedTuple):
-    """Every exact quantity of one instance (docs/theory.md §2–7).
-
-    Attributes:
-      expected_harm: ``E[h]``.
-      harm_variance: ``Var(h)``.
-      harm_information: ``I_1..I_T``.
-      gradient_norm_by_position: ``‖G_t‖₂`` in covariance form.
-      autodiff_gradient_norm_by_position: ``‖∂E[h]/∂θ_t‖₂`` with untied parameters.
-      gradient_autodiff_max_abs_error: largest entry-wise gap between the covariance form and
-        autodiff, over every ``G_t`` and over ``Σ_t G_t`` against ``jax.grad``.
-      fisher_bound_by_position: ``sqrt(I_t E[tr F_t])`` [Thm 13].
-      horizon_distribution: ``P(τ = t)`` for ``t = 0..T``.
-      uniform_horizon: ``k = max τ``.
-      equilibrium_kl_by_position: ``D_1..D_T`` of the tilt, this policy acting as ``π_0``.
-      equilibrium_kl: ``KL(π* ‖ π_0)``.
-      martingale: ``H_0..H_T`` per prefix.
-    """
-
-    expected_harm: Array
-    harm_variance: Array
-    harm_information: Array
-    gradient_norm_by_position: Array
-    autodiff_gradient_norm_by_position: Array
-    gradient_autodiff_max_abs_error: Array
-    fisher_bound_by_position: Array
-    horizon_distribution: Array
-    uniform_horizon: Array
-    equilibrium_kl_by_position: Array
-    equilibrium_kl: Array
-    martingale: tuple[Array, ...]
-
-
-def _max_abs_diff(a: PyTree, b: PyTree) -> Array:
-    diffs = jax.tree_util.tree_map(lambda x, y: jnp.max(jnp.abs(x - y)), a, b)
-    return jnp.max(jnp.stack(jax.tree_util.tree_leaves(diffs)))
+from ._gradient import TreeGradients
+from ._types import Policy, PyTree
 
 
 @functools.partial(jax.jit, static_argnames=("policy",))
-def analyze(policy: Any, params: PyTree, h: Array, lam: float | Array) -> Analysis:
-    """Exact analysis of a policy and a harm table.
+def analyze(policy: Policy, params: PyTree, h: Array, lam: float | Array) -> Analysis:
+    """Exact analysis of a policy and a harm table on the prefix tree.
+
+    :func:`toysim._analysis.analysis` on the tree engine (``toysim.forward``).
 
     Args:
       policy: a policy object (static).
@@ -89,31 +42,7 @@ def analyze(policy: Any, params: PyTree, h: Array, lam: float | Array) -> Analys
       0.0
     """
     levels = forward(policy, params)
-    summary = martingale_summary(levels, h)
-    weights = covariance_weights(levels, summary.martingale)
-    cotangents = logit_cotangents(policy, params, h)
-    grads = per_position(policy, params, weights)
-    untied = per_position(policy, params, cotangents)
-    error = jnp.maximum(
-        jnp.max(jnp.stack([_max_abs_diff(g, u) for g, u in zip(grads, untied)])),
-        _max_abs_diff(pull_back_sum(policy, params, weights), autodiff_gradient(policy, params, h)),
-    )
-    masks = determined_masks(h, policy.vocab_size, policy.horizon)
-    eq = tilt(levels, h, lam)
-    return Analysis(
-        expected_harm=summary.expected_harm,
-        harm_variance=summary.variance,
-        harm_information=summary.information,
-        gradient_norm_by_position=jnp.sqrt(jnp.stack([tree_sq_norm(g) for g in grads])),
-        autodiff_gradient_norm_by_position=jnp.sqrt(jnp.stack([tree_sq_norm(g) for g in untied])),
-        gradient_autodiff_max_abs_error=error,
-        fisher_bound_by_position=fisher_bound(policy, params, levels, summary.information),
-        horizon_distribution=horizon_distribution(levels, masks),
-        uniform_horizon=uniform_horizon(masks),
-        equilibrium_kl_by_position=eq.kl_by_position,
-        equilibrium_kl=jnp.sum(eq.kl_by_position),
-        martingale=summary.martingale,
-    )
+    return analysis(levels, TreeGradients(policy, params, levels, h), h, lam)
 
 
 def exact_report(instance: Any, engine: str = "auto") -> dict:
@@ -144,7 +73,6 @@ def exact_report(instance: Any, engine: str = "auto") -> dict:
     if engine == "dp":
         from ._dp import dp_analyze
 
-        # DPAnalysis has the fields of Analysis read below, per state instead of per prefix.
         result = jax.device_get(dp_analyze(policy, instance.params, instance.harm, instance.lam))
     else:
         check_fits(policy.vocab_size, policy.horizon)
