@@ -66,7 +66,9 @@ def uniform_horizon(masks, engine=None) -> Int[Array, ""]:
     if engine is None:
         undetermined = jnp.stack([jnp.sum(~m) for m in masks])
     else:
-        open_states = jax.tree_util.tree_map(lambda m, r: (~m & r).astype(jnp.int32), masks, engine.reachable())
+        open_states = jax.tree_util.tree_map(
+            lambda m, r: (~m & r).astype(jnp.int32), masks, engine.reachable()
+        )
         undetermined = engine.sum_states(open_states)
     return jnp.argmax(undetermined == 0)
 
@@ -74,8 +76,10 @@ def uniform_horizon(masks, engine=None) -> Int[Array, ""]:
 def horizon_term(step: Step, pair: tuple | None = None) -> Array:
     """``P(τ = t)``: mass of the edges from an undetermined state into a determined one."""
     det_parent, det_child = step.pairs[0] if pair is None else pair
-    newly = det_child & ~det_parent[..., None]
-    return jnp.sum(jnp.exp(step.log_p) * step.kernel.mean(newly.astype(step.log_p.dtype)))
+    # the parent's flag is constant over the next token, so it weights the parent (and the product
+    # engine's children stay (S, V), never broadcast to (V + 1, S, V))
+    open_mass = jnp.where(det_parent, 0.0, jnp.exp(step.log_p))
+    return jnp.sum(open_mass * step.kernel.mean(det_child.astype(step.log_p.dtype)))
 
 
 def horizon_distribution(engine, masks) -> Float[Array, " T_plus_1"]:
