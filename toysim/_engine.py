@@ -122,7 +122,7 @@ class Engine(Protocol):
 # ------------------------------------------------------------------------------------ reductions
 
 
-def constant_children(child: Array) -> Bool[Array, "..."]:
+def constant_children(child: Array) -> Bool[Array, ...]:
     """States whose children all hold the same value."""
     return jnp.all(child == child[..., :1], axis=-1)
 
@@ -232,20 +232,9 @@ class MarkovKernel(NamedTuple):
         return self.pi * (weight @ child - jnp.sum(weight * centre, axis=1, keepdims=True))
 
 
-class ChainKernel(NamedTuple):
+class ChainKernel(TreeKernel):
     """A time-dependent law on the product states (such as the tilt): ``log π_t(v | c, s)``,
-    shape ``(V + 1, S, V)``."""
-
-    log_cond: Array
-
-    def probs(self) -> Array:
-        return jnp.exp(self.log_cond)
-
-    def log_probs(self) -> Array:
-        return self.log_cond
-
-    def mean(self, child: Array) -> Array:
-        return jnp.sum(jnp.exp(self.log_cond) * child, axis=-1)
+    shape ``(V + 1, S, V)``; a logit cotangent sums the automaton states of each row ``c``."""
 
     def pull(self, weight: Array, child: Array, centre: Array) -> Array:
         return jnp.sum(weight[..., None] * jnp.exp(self.log_cond) * (child - centre[..., None]), axis=1)
