@@ -39,6 +39,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import toysim  # noqa: E402
 from toysim import _dp  # noqa: E402
 from toysim._harms import automaton_harm  # noqa: E402
 
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
         row["dp_noad_s"] = best_time(args.repeat, analyze, logits, aut, lam, horizon, False, unroll)
         log_cond = jax.nn.log_softmax(logits, axis=-1)[:, None, :]
         row["dp_H_s"] = best_time(args.repeat, _dp.dp_martingale, log_cond, aut, horizon)
-        row["estimate_bytes"] = _dp.dp_estimate_bytes(vocab, horizon, n_states)
+        row["estimate_bytes"] = toysim.dp_estimate_bytes(vocab, horizon, n_states)
         n_trans = horizon * vocab * n_states * vocab
         hs = np.asarray(_dp.dp_martingale(log_cond, aut, horizon))
         row["longdouble_max_abs_diff_H"] = longdouble_error(logits, aut, horizon, hs)

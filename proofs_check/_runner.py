@@ -217,7 +217,7 @@ def file_instance(instance: Any):
         automaton harm, over a tree too large to convert).
     """
     from toysim import AutomatonHarm, Instance, MarkovPolicy
-    from toysim._enumerate import check_fits
+    from toysim import check_fits
     from toysim._harms import prune_unreachable
 
     policy = instance.policy

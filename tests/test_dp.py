@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import toysim
 from proofs_check.strategies import harms
 from tests.tolerances import FD_STEP, FINITE_DIFFERENCE, IDENTITY, assert_close
-from toysim import _dp
+from toysim import _dp, _memory
 from toysim._cli import main
 from toysim._gradient import covariance_gradient, untied_autodiff_gradient
 from toysim._harms import automaton_states
@@ -216,9 +216,9 @@ def test_refuses_what_it_cannot_read(monkeypatch):
 
 
 def test_estimate_is_linear_in_horizon():
-    onehot = _dp.dp_automaton_bytes(64, 8)  # the (S, V, S) transition tensors, independent of T
-    a = _dp.dp_estimate_bytes(64, 1000, 8) - onehot
-    b = _dp.dp_estimate_bytes(64, 2001, 8) - onehot
+    onehot = _memory.dp_automaton_bytes(64, 8)  # the (S, V, S) transition tensors, independent of T
+    a = _memory.dp_estimate_bytes(64, 1000, 8) - onehot
+    b = _memory.dp_estimate_bytes(64, 2001, 8) - onehot
     assert b == 2 * a and onehot == 32 * 8 * 8 * 64
 
 

@@ -279,7 +279,13 @@ def _tau_off_by_one(masks):
         ("fisher_bound_prefix", toysim.MarkovPolicy, "fisher_trace", _uncentred_trace, "markov1"),
         ("fisher_bound_prefix", toysim, "prefix_covariance_sq_norm", _square_of_sum, "markov2"),
         ("horizon_equivalence", toysim, "sequence_horizon", _tau_off_by_one, None),
-        ("covariance_gradient_tabular", toysim._gradient, "covariance_cotangent", _centred_at_zero, "tabular"),
+        (
+            "covariance_gradient_tabular",
+            toysim._gradient,
+            "covariance_cotangent",
+            _centred_at_zero,
+            "tabular",
+        ),
     ],
     ids=[
         "tabular-trace",

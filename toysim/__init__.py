@@ -9,11 +9,10 @@ See docs/theory.md for the mathematics and the README for the command line.
 """
 
 from . import teaching as teaching
+from ._analysis import Analysis as Analysis
 from ._dp import ProductEngine as ProductEngine
 from ._dp import automaton_arrays as automaton_arrays
 from ._dp import dp_analyze as dp_analyze
-from ._dp import dp_check_fits as dp_check_fits
-from ._dp import dp_estimate_bytes as dp_estimate_bytes
 from ._dp import dp_martingale as dp_martingale
 from ._dp import dp_tilted_chain as dp_tilted_chain
 from ._dp_recovery import DPAttack as DPAttack
@@ -23,8 +22,6 @@ from ._dp_recovery import dp_deep_arrays as dp_deep_arrays
 from ._dp_recovery import dp_deep_report as dp_deep_report
 from ._enumerate import Levels as Levels
 from ._enumerate import backward as backward
-from ._enumerate import check_fits as check_fits
-from ._enumerate import estimate_bytes as estimate_bytes
 from ._enumerate import forward as forward
 from ._enumerate import levels_from_log_cond as levels_from_log_cond
 from ._enumerate import log_backward as log_backward
@@ -32,9 +29,9 @@ from ._enumerate import shard_prefixes as shard_prefixes
 from ._equilibrium import Equilibrium as Equilibrium
 from ._equilibrium import kl_by_position as kl_by_position
 from ._equilibrium import log_partition as log_partition
-from ._equilibrium import tilt_kl_by_position as tilt_kl_by_position
 from ._equilibrium import sequence_kl as sequence_kl
 from ._equilibrium import tilt as tilt
+from ._equilibrium import tilt_kl_by_position as tilt_kl_by_position
 from ._gradient import autodiff_gradient as autodiff_gradient
 from ._gradient import covariance_gradient as covariance_gradient
 from ._gradient import covariance_weights as covariance_weights
@@ -69,6 +66,10 @@ from ._martingale import harm_martingale as harm_martingale
 from ._martingale import harm_variance as harm_variance
 from ._martingale import innovations as innovations
 from ._martingale import martingale_summary as martingale_summary
+from ._memory import check_fits as check_fits
+from ._memory import dp_check_fits as dp_check_fits
+from ._memory import dp_estimate_bytes as dp_estimate_bytes
+from ._memory import estimate_bytes as estimate_bytes
 from ._optimize import Certificate as Certificate
 from ._optimize import Objective as Objective
 from ._optimize import OptimizeResult as OptimizeResult
@@ -109,7 +110,6 @@ from ._recovery import separable_objective as separable_objective
 from ._recovery import sequence_prefix_marginals as sequence_prefix_marginals
 from ._recovery import standard_optimum as standard_optimum
 from ._recovery import train_deep as train_deep
-from ._analysis import Analysis as Analysis
 from ._report import analyze as analyze
 from ._report import exact_report as exact_report
 from ._sampling import exact_gradients as exact_gradients

@@ -54,7 +54,7 @@ def _cmd_deep(args) -> int:
     if engine == "dp":
         report = dp_deep_report(instance, _tokens(args.recovery), **common)
     else:
-        from ._enumerate import check_fits
+        from ._memory import check_fits
 
         check_fits(instance.policy.vocab_size, instance.policy.horizon)
         report = {

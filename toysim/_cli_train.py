@@ -43,35 +43,12 @@ def _sample_sizes(text: str) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-# Bytes per sampled sequence held by one REINFORCE estimate (``reinforce_gradients``), read from
-# XLA's memory analysis of the compiled program (temporaries and outputs, N = 10^5 and 10^7):
-# Markov 224 (V = 2, T = 4), 368 (4, 4), 516 (8, 3), 536 (2, 10), 432 (3, 6); tabular 208, 336,
-# 452, 520, 408. The bound 8 · (3·T·V + 2·T + 4) is above each, by a factor 1.2 to 1.3.
-def sampling_estimate_bytes(vocab_size: int, horizon: int, num_samples: int) -> int:
-    """Predicted memory of one REINFORCE estimate over ``num_samples`` sequences (tabular or Markov)."""
-    return 8 * (3 * horizon * vocab_size + 2 * horizon + 4) * num_samples
-
-
-def _check_samples_fit(vocab_size: int, horizon: int, samples: tuple[int, ...]) -> None:
-    """Refuse a sample size whose estimate would not fit in memory, before sampling anything."""
-    from ._enumerate import available_bytes
-
-    n = max(samples)
-    need, have = sampling_estimate_bytes(vocab_size, horizon, n), available_bytes()
-    if need > have:
-        raise ValueError(
-            f"--samples {n}: one REINFORCE estimate over {n} sequences of length T = {horizon}, "
-            f"V = {vocab_size} needs about {need / 2**30:.3g} GiB, more than the {have / 2**30:.2f} GiB "
-            "available (use fewer samples)"
-        )
-
-
 def _cmd_train(args) -> int:
     import jax.numpy as jnp
 
-    from ._enumerate import check_fits
     from ._harms import harm_values
     from ._instance import load
+    from ._memory import check_fits
     from ._training import train_alignment, training_report
 
     if args.steps < 1:
@@ -111,9 +88,9 @@ def _cmd_train(args) -> int:
 def _cmd_sample_vs_exact(args) -> int:
     import jax.numpy as jnp
 
-    from ._enumerate import check_fits
     from ._harms import harm_values
     from ._instance import load
+    from ._memory import check_fits, check_samples_fit
     from ._sampling import sampling_versus_exact
 
     samples = _sample_sizes(args.samples)
@@ -124,7 +101,7 @@ def _cmd_sample_vs_exact(args) -> int:
     instance = load(args.instance)
     policy = instance.policy
     check_fits(policy.vocab_size, policy.horizon)
-    _check_samples_fit(policy.vocab_size, policy.horizon, samples)
+    check_samples_fit(policy.vocab_size, policy.horizon, max(samples))
     h = jnp.asarray(harm_values(instance.harm, policy.vocab_size, policy.horizon))
     report = sampling_versus_exact(
         policy, instance.params, h, samples, seed=args.seed, repeats=args.repeats, timings=args.timings

@@ -16,7 +16,7 @@ of docs/theory.md §2–7 is therefore a function of ``(t, x)``, and the ``V**T`
   recursions (backward, forward, autodiff reference) run side by side from a pool of threads
   (:func:`dp_analyze_concurrent`): XLA on CPU runs a scan on one core, as a handful of tiny kernels
   per step, so the cost is the number of small ops per step and several cores can share the scans;
-* the memory estimate of the passes (:func:`dp_estimate_bytes`).
+* the memory estimate of the passes (:func:`toysim._memory.dp_estimate_bytes`).
 
 The quantities themselves (``H``, ``I_t``, ``G_t``, ``P(τ = t)``, ``D_t``, recovery, attacks) are
 written once, in the modules that define them, for both engines.
@@ -46,8 +46,8 @@ from ._engine import ChainKernel, MarkovKernel, Step
 from ._equilibrium import tilted_log_cond
 from ._gradient import covariance_cotangent
 from ._martingale import harm_martingale
+from ._memory import dp_check_fits
 from ._types import Policy, PyTree
-
 
 
 class Automaton(NamedTuple):
@@ -211,7 +211,9 @@ class ProductEngine:
       unroll: loop unrolling of the sequential scans (same results).
     """
 
-    def __init__(self, log_cond: Array, aut: Automaton, horizon: int, unroll: int = 1, log_p: Array | None = None):
+    def __init__(
+        self, log_cond: Array, aut: Automaton, horizon: int, unroll: int = 1, log_p: Array | None = None
+    ):
         self.log_cond, self.automaton, self.horizon, self.unroll = log_cond, aut, horizon, unroll
         self.homogeneous = log_cond.ndim == 3
         if not self.homogeneous and log_cond.shape[0] != horizon:
@@ -416,7 +418,9 @@ def dp_tilted_chain(
     Memory ``T · (V + 1) · S · V`` floats.
     """
     trans = aut.transitions
-    return jax.vmap(lambda z_tm1, z_t: tilted_log_cond(log_cond, z_tm1, _children(z_t, trans)))(log_z[:-1], log_z[1:])
+    return jax.vmap(lambda z_tm1, z_t: tilted_log_cond(log_cond, z_tm1, _children(z_t, trans)))(
+        log_z[:-1], log_z[1:]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,66 +591,6 @@ def dp_analyze_concurrent(
     done = _in_threads(jobs)
     reference = (done[2][0], (done[2][1],)) if autodiff else None
     return _analysis_jit(logits, aut, lam, horizon, autodiff, done[0], done[1], reference)
-
-
-# Float64 numbers held per position by :func:`dp_analyze_arrays`, per product state ``(V + 1) · S``:
-# the stacks H, log Z and log P with the scan outputs they are assembled from, the autodiff adjoints
-# with their zero perturbation and the carries saved by reverse mode; per edge ``S · V``: the
-# children saved by reverse mode. About twice the measured growth, as a margin for XLA temporaries:
-# peak resident memory grows by 6.7 (5.2 without autodiff) floats per state and position between
-# T = 10^4 and 2 · 10^4 at V = 64, S = 8 (CPU); the whole process peaks at 0.68 GB (0.57 GB) at
-# T = 10^4, of which about 0.35 GB is the interpreter, JAX and compilation, not in the estimate.
-_FLOATS_PER_STATE = 14
-_FLOATS_PER_STATE_NO_AUTODIFF = 11
-_FLOATS_PER_EDGE = 2
-# Bytes per entry of the one-hot transition tensor (S, V, S) (:func:`_onehot`) that the forward,
-# reachability and autodiff scans contract with: XLA's memory analysis of each compiled pass
-# shows 16.1 to 16.7 bytes per entry at S = 200..800, V = 2..8 (the boolean one-hot and its
-# float64 copy, transposed); two such passes run side by side (dp_analyze_concurrent).
-_BYTES_PER_ONEHOT_ENTRY = 32
-
-
-def dp_automaton_bytes(vocab_size: int, n_states: int) -> int:
-    """Memory of the DP passes' one-hot transition tensors: ``32 · S² · V`` bytes.
-
-    Independent of ``T`` and quadratic in the number of automaton states ``S``: a DFA with 20,000
-    states over 4 tokens needs about 51 GB, whatever the horizon.
-    """
-    return int(_BYTES_PER_ONEHOT_ENTRY * n_states * n_states * vocab_size)
-
-
-def dp_estimate_bytes(vocab_size: int, horizon: int, n_states: int, autodiff: bool = True) -> int:
-    """Predicted peak memory of :func:`dp_analyze`, independent of ``V**T``.
-
-    ``8 · (T + 1) · (a · (V + 1) · S + b · S · V) + 32 · S² · V`` bytes, with ``a = 14, b = 2``
-    (``a = 11, b = 0`` without the autodiff references): the per-position arrays, linear in ``T``,
-    plus the one-hot transition tensors of :func:`dp_automaton_bytes`, quadratic in ``S``. Nothing
-    of size ``(T, V + 1, V)`` is stored by the analysis (per-position gradients are reduced to
-    norms chunk by chunk); :func:`dp_covariance_gradients` and :func:`dp_untied_gradients` do
-    return ``T · (V + 1) · V`` numbers.
-    """
-    per_state = _FLOATS_PER_STATE if autodiff else _FLOATS_PER_STATE_NO_AUTODIFF
-    per_edge = _FLOATS_PER_EDGE if autodiff else 0
-    per_pos = per_state * (vocab_size + 1) * n_states + per_edge * n_states * vocab_size
-    return int(8 * (horizon + 1) * per_pos) + dp_automaton_bytes(vocab_size, n_states)
-
-
-def dp_check_fits(vocab_size: int, horizon: int, n_states: int, autodiff: bool = True) -> None:
-    """Refuse a DP analysis whose arrays would not fit in memory (:func:`dp_estimate_bytes`).
-
-    Raises:
-      ValueError: with the estimate and the available memory.
-    """
-    from ._enumerate import available_bytes
-
-    need = dp_estimate_bytes(vocab_size, horizon, n_states, autodiff)
-    have = available_bytes()
-    if need > have:
-        raise ValueError(
-            f"DP analysis over T = {horizon} positions, V = {vocab_size}, S = {n_states} automaton "
-            f"states needs about {need / 2**30:.2f} GiB, more than the {have / 2**30:.2f} GiB "
-            "available (reduce horizon or vocab_size)"
-        )
 
 
 def dp_analyze(policy: Policy, params: PyTree, harm: Any, lam: float, autodiff: bool = True) -> Analysis:

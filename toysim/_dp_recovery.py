@@ -31,10 +31,11 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._analysis import backward_stage
-from ._dp import Automaton, ProductEngine, automaton_arrays, check_markov, dp_estimate_bytes
+from ._dp import Automaton, ProductEngine, automaton_arrays, check_markov
 from ._engine import MarkovKernel
 from ._gradient import covariance_cotangent
 from ._horizon import uniform_horizon
+from ._memory import dp_deep_check_fits
 from ._recovery import (
     _check_weights,
     attack_curves,
@@ -166,7 +167,9 @@ def dp_deep_arrays(
 
     outs, total = engine.positions(terms, (mart,), (log_q, discounts))
     plain, closed, auto, deep, errs, lowest = outs
-    shared = jax.grad(lambda theta: penalty(ProductEngine.markov(theta, aut, horizon), mask, log_q, discounts))(logits)
+    shared = jax.grad(
+        lambda theta: penalty(ProductEngine.markov(theta, aut, horizon), mask, log_q, discounts)
+    )(logits)
     error = jnp.maximum(jnp.max(errs), jnp.max(jnp.abs(total - shared)))
     curves = attack_curves(engine, mask, log_q, log_z=log_z, discounts=discounts)
     return DPDeep(
@@ -215,21 +218,11 @@ def dp_deep_report(
     Raises:
       ValueError: naming the setting for bad input, or when the arrays would not fit in memory.
     """
-    from ._enumerate import available_bytes
-
     policy = instance.policy
     check_markov(policy)
     V, T, lam = policy.vocab_size, policy.horizon, float(instance.lam)
     aut = automaton_arrays(instance.harm, V)
-    n_states = int(aut.transitions.shape[0])
-    # H, log P, log Z, log Q and three no-recovery passes per state and position, on top of the
-    # DP analysis' own arrays (its estimate without autodiff).
-    need = dp_estimate_bytes(V, T, n_states, autodiff=False) + 8 * (T + 1) * 8 * (V + 1) * n_states
-    if need > available_bytes():
-        raise ValueError(
-            f"DP deep report over T = {T}, V = {V}, S = {n_states} needs about {need / 2**30:.2f} GiB, "
-            f"more than the {available_bytes() / 2**30:.2f} GiB available (reduce horizon or vocab_size)"
-        )
+    dp_deep_check_fits(V, T, int(aut.transitions.shape[0]))
     logits = jnp.asarray(instance.params.logits, dtype=jnp.float64)
     q_logits = None
     if q == "jailbroken":

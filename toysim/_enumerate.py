@@ -23,7 +23,6 @@ the single-device ones up to the order of floating-point sums. ``TOYSIM_SHARDING
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -75,7 +74,7 @@ class Levels(NamedTuple):
         return values[0][0]
 
     @classmethod
-    def structure(cls, vocab_size: int, horizon: int) -> "Levels":
+    def structure(cls, vocab_size: int, horizon: int) -> Levels:
         """The tree's shape without a policy, for reductions that read no probabilities (``min``,
         ``max``: where the harm is determined depends on ``h`` alone)."""
         shapes = tuple(jax.ShapeDtypeStruct((vocab_size**t, vocab_size), jnp.float64) for t in range(horizon))
@@ -219,55 +218,3 @@ def xlogy_kl(log_p: Array, log_q: Array, axis: int = -1) -> Array:
     p = jnp.exp(log_p)
     diff = jnp.where(p > 0, log_p - log_q, 0.0)
     return jnp.sum(p * diff, axis=axis)
-
-
-# Bytes held per leaf by the full `toysim exact` analysis, measured by benchmarks/bench_exact.py
-# (peak resident memory over leaves at V**T ≈ 1.7e7 on CPU, float64), rounded up.
-BYTES_PER_LEAF_ANALYSIS = 160
-
-
-def estimate_bytes(vocab_size: int, horizon: int, bytes_per_leaf: int = BYTES_PER_LEAF_ANALYSIS) -> float:
-    """Predicted peak memory of an enumeration over ``V**T`` leaves.
-
-    Levels shorter than ``T`` add a factor ``V / (V − 1)`` to the leaf count.
-    """
-    log_nodes = math.log(vocab_size) * (horizon + 1) - math.log(vocab_size - 1)  # upper bound
-    if log_nodes > 700:  # beyond any machine; avoid an overflow in the arithmetic below
-        return math.inf
-    nodes = sum(vocab_size**t for t in range(horizon + 1))
-    return float(nodes) * bytes_per_leaf
-
-
-def available_bytes() -> int:
-    """Memory this process may use: ``TOYSIM_MAX_BYTES`` if set, else the machine's free memory."""
-    env = os.environ.get("TOYSIM_MAX_BYTES")
-    if env:
-        try:
-            return int(float(env))
-        except ValueError as err:
-            raise ValueError(f"TOYSIM_MAX_BYTES must be a number of bytes, got {env!r}") from err
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def check_fits(vocab_size: int, horizon: int, bytes_per_leaf: int = BYTES_PER_LEAF_ANALYSIS) -> None:
-    """Refuse an enumeration that would not fit in memory, before allocating it.
-
-    Raises:
-      ValueError: with the estimate and the available memory in the message.
-    """
-    need = estimate_bytes(vocab_size, horizon, bytes_per_leaf)
-    have = available_bytes()
-    if need > have:
-        raise ValueError(
-            f"enumeration over V**T = {vocab_size}**{horizon} leaves "
-            f"needs about {need / 2**30:.3g} GiB, more than the {have / 2**30:.2f} GiB available "
-            "(reduce vocab_size or horizon, or use a Markov policy with an automaton harm and the "
-            "DP engine)"
-        )

@@ -28,7 +28,6 @@ from ._martingale import innovations
 from ._types import Policy, PyTree
 
 
-
 def tree_sq_norm(tree: PyTree) -> Array:
     """``‖θ‖²`` summed over all leaves of a pytree."""
     return sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(tree))

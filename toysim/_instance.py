@@ -26,6 +26,7 @@ from ._harms import (
     trigger_harm,
     unreachable_states,
 )
+from ._memory import check_automaton_fits
 from ._policies import MarkovParams, MarkovPolicy, TabularPolicy
 from ._types import Policy, PyTree
 
@@ -177,24 +178,6 @@ def _token_list(value: Any, name: str, vocab: int) -> list[int]:
     return [_int(v, f"{name}[{i}]", 0, vocab - 1) for i, v in enumerate(value)]
 
 
-def _check_automaton_size(n_states: int, vocab: int, what: str) -> None:
-    """Refuse, before building it, a family automaton too large for the DP engine's passes.
-
-    Only a huge ``deadline`` (clamped to the horizon first) or a huge horizon (the graded harm's
-    counter) makes one; an instance that large has a horizon no enumeration can reach either.
-    """
-    from ._dp import dp_automaton_bytes
-    from ._enumerate import available_bytes
-
-    need, have = dp_automaton_bytes(vocab, n_states), available_bytes()
-    if need > have:
-        raise ValueError(
-            f"{what} makes an automaton with S = {n_states} states over V = {vocab} tokens; the DP "
-            f"engine's (S, V, S) transition tensor needs about {need / 2**30:.3g} GiB, more than the "
-            f"{have / 2**30:.2f} GiB available (reduce horizon)"
-        )
-
-
 def _policy(spec: Any, vocab: int, horizon: int):
     if not isinstance(spec, dict):
         raise ValueError("policy must be an object")
@@ -251,7 +234,7 @@ def _harm(spec: Any, vocab: int, horizon: int) -> Harm:
         what = f"harm.deadline = {_show(given)}" + (
             f" (clamped to horizon = {horizon})" if given > horizon else ""
         )
-        _check_automaton_size(deadline + 2, vocab, what)
+        check_automaton_fits(deadline + 2, vocab, what)
         return deadline_harm(vocab, tokens, deadline)
     if kind == "first_decisive":
         undecided = _number(spec.get("undecided_harm", 0.0), "harm.undecided_harm")
@@ -267,7 +250,7 @@ def _harm(spec: Any, vocab: int, horizon: int) -> Harm:
         )
     if kind == "graded":
         tokens = _token_list(_get(spec, "harmful_tokens", "harm."), "harm.harmful_tokens", vocab)
-        _check_automaton_size(horizon + 1, vocab, f"harm.kind = 'graded' with horizon = {horizon}")
+        check_automaton_fits(horizon + 1, vocab, f"harm.kind = 'graded' with horizon = {horizon}")
         return graded_harm(vocab, horizon, tokens)
     raise ValueError(
         "harm.kind must be one of 'table', 'automaton', 'deadline', 'first_decisive', "

@@ -51,7 +51,6 @@ from ._optimize import Objective, OptimizeResult, minimize
 from ._policies import TabularPolicy
 from ._types import Policy, PyTree
 
-
 # Tolerance for a user-given Q: prefix marginals must sum to one and be consistent across lengths
 # (Q_t(p) = Σ_v Q_{t+1}(p·v)) up to this, far above float64 rounding of sums of V**T terms.
 Q_CONSISTENCY_TOLERANCE = 1e-9

@@ -58,8 +58,8 @@ def exact_report(instance: Any, engine: str = "auto") -> dict:
       ValueError: for an unknown engine, an enumeration that would not fit in memory, or the DP
         engine asked for a policy or harm it cannot read.
     """
-    from ._enumerate import check_fits
     from ._harms import AutomatonHarm, TableHarm, harm_values
+    from ._memory import check_fits
     from ._policies import MarkovPolicy, TabularPolicy
 
     if engine not in ("auto", "enumerate", "dp"):
