@@ -1,6 +1,6 @@
 """Figure 4: alignment after training is shallow, exactly for tabular policies, not for shared ones.
 
-Claim: after exact training of ``L(θ) = λ E[h] + KL(π_θ ‖ π_0)`` (``toysim._training.train_alignment``,
+Claim: after exact training of ``L(θ) = λ E[h] + KL(π_θ ‖ π_0)`` (``toysim.train_alignment``,
 certified Newton steps from ``π_0``), the per-position KL ``D_t`` to the base policy concentrates on the positions
 up to the harm horizon ``k``; beyond it the tabular policy does not move (``D_t`` at rounding level,
 the equilibrium's is exactly 0 [Thm 14, Thm 10]), while the Markov policy, whose parameters are
@@ -10,7 +10,7 @@ features let it mimic the tilt (the 5e-10 to 3e-8 drawn before were L-BFGS resid
 
 Only certified numbers are drawn. Every run must certify itself (``toysim.Certificate``: ‖∇L‖ and
 the Hessian's curvature off the softmax gauge bound the distance to the optimum); each trained
-value ``D_t(θ)`` then lies within a local bound of ``D_t(θ*)`` (``toysim._optimize.certify_values``:
+value ``D_t(θ)`` then lies within a local bound of ``D_t(θ*)`` (``toysim.certify_values``:
 Newton decrement times ``‖∇D_t‖`` in the Hessian's metric, plus 1e-15 for rounding), and
 :data:`CERTIFIED` states a bound that every such certificate must meet (else ``data`` refuses). A
 value at or below it is drawn as a bound (hatched bar "≤ 1e-11"), not as a measured value.
@@ -29,8 +29,14 @@ import numpy as np
 from matplotlib.patches import Patch
 
 import toysim
-from toysim._optimize import Objective, certify_values
-from toysim._training import alignment_loss, policy_log_probs, spillover_by_position, train_alignment
+from toysim import (
+    Objective,
+    alignment_loss,
+    certify_values,
+    policy_log_probs,
+    spillover_by_position,
+    train_alignment,
+)
 
 from . import _style
 
@@ -83,7 +89,7 @@ def _drawn(policy, params, base_params, h):
 
 def value_certificate(policy, params, base_params, h) -> np.ndarray:
     """Local bound on ``|D_t(θ) − D_t(θ*)|`` (then on ``S_t``), shape ``(2T,)``, from the explicit
-    Hessian of the training loss (``toysim._optimize.certify_values``) plus :data:`KL_ROUNDING`."""
+    Hessian of the training loss (``toysim.certify_values``) plus :data:`KL_ROUNDING`."""
     base_levels = toysim.forward(policy, base_params)
     _, bounds = certify_values(
         Objective(alignment_loss, (policy,)),

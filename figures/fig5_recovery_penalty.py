@@ -10,7 +10,7 @@ Instance (shared with figure 6, computed once per process by :func:`deep_instanc
 policy ``π_0`` with Gaussian logits, a deadline harm (token ``V−1`` within the first ``k``
 positions), recovery set ``R = {0}``, ``Q = π_0`` conditioned on harm, ``λ = 1``, ``μ = 3``,
 ``γ = 0.6``. The standard optimum is the closed-form tilt ``π* ∝ π_0 e^{−λh}``. The deep optimum is
-the minimiser of the *separable* objective (``toysim._recovery.separable_objective``, trained by
+the minimiser of the *separable* objective (``toysim.separable_objective``, trained by
 the certified Newton optimizer of ``train_deep``), the one for which the Gibbs form [Thm 20] is exact past the horizon;
 its KL term weights prefixes by ``Q`` rather than by ``π_θ``, so before the horizon it moves the
 policy further from ``π_0`` than the tilt does. The joint ``L_deep`` optimum is not drawn: it
@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import toysim
-from toysim import _recovery as rc
-from toysim._optimize import Objective, certify_values
+from toysim import Objective, certify_values
 
 from . import _style
 
@@ -46,7 +45,7 @@ STEPS = 300
 GRAD_TOL = 1e-13
 # The stated bound on |v(θ) − v(θ*)| of every drawn number of the trained deep optimum (its D_t,
 # attack success and recovery probabilities): each run's local certificate
-# (toysim._optimize.certify_values) must be below it; values at or below it are drawn as bounds.
+# (toysim.certify_values) must be below it; values at or below it are drawn as bounds.
 CERTIFIED_TOL = 1e-11
 # float64 rounding of a per-position KL or a probability summed over a few hundred prefixes.
 ROUNDING = 1e-15
@@ -66,9 +65,9 @@ def _deep_values(logits, base, spec):
     """The trained numbers of figures 5 and 6 as one flat vector of the deep optimum's logits:
     ``D_t`` (T), attack success (T), then ``π(R|p)`` at every prefix, level by level."""
     levels = toysim.levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in logits))
-    inside, _ = rc.log_recovery_probability(levels, spec.mask)
+    inside, _ = toysim.log_recovery_probability(levels, spec.mask)
     return jnp.concatenate(
-        [toysim.kl_by_position(levels, base), rc.attack_success(levels, spec)]
+        [toysim.kl_by_position(levels, base), toysim.attack_success(levels, spec)]
         + [jnp.ravel(jnp.exp(x)) for x in inside]
     )
 
@@ -77,7 +76,7 @@ def _deep_values(logits, base, spec):
 def _setup(policy, key, h):
     """``θ_0``, ``π_0``'s levels, ``Q``'s prefix marginals, the tilt's levels and ``k``: one program.
 
-    ``Q_t(p) = P_0(p) H_0(p) / E_0[h]`` is the formula of ``rc.harmful_prefix_marginals``, written
+    ``Q_t(p) = P_0(p) H_0(p) / E_0[h]`` is the formula of ``toysim.harmful_prefix_marginals``, written
     here inside the compiled program (called eagerly it dispatches one small kernel per operation).
     """
     params = policy.init(key, scale=1.0)
@@ -85,7 +84,13 @@ def _setup(policy, key, h):
     H = toysim.backward(base, h)
     q = tuple(jnp.exp(base.log_prefix[t]) * H[t] / H[0][0] for t in range(policy.horizon))
     masks = toysim.determined_masks(h, policy.vocab_size, policy.horizon)
-    return params, base, q, rc.standard_optimum(base, h, LAM), masks, toysim.uniform_horizon(masks)
+    return params, base, q, toysim.standard_optimum(base, h, LAM), masks, toysim.uniform_horizon(masks)
+
+
+def _tabular_log_probs(params):
+    """Every ``log π(v|p)`` of tabular logits: the gauge of ``train_deep``'s certificate (each row's
+    softmax shift leaves the policy unchanged), the same map ``toysim.train_deep`` certifies with."""
+    return jnp.concatenate([jnp.ravel(jax.nn.log_softmax(z, axis=-1)) for z in params])
 
 
 def _norms(grads):
@@ -98,16 +103,16 @@ def _measures(policy, params, base, h, spec, standard, deep):
     plain = toysim.covariance_gradient(policy, params, base, toysim.harm_martingale(base, h))
     out = {
         "plain": LAM * _norms(plain),
-        "deep": _norms(rc.gradient_by_position(policy, params, base, h, LAM, spec)),
-        "recovery": _norms(rc.recovery_gradient(policy, params, spec)),
+        "deep": _norms(toysim.deep_gradient_by_position(policy, params, base, h, LAM, spec)),
+        "recovery": _norms(toysim.recovery_gradient(policy, params, spec)),
         "kl_standard": toysim.kl_by_position(standard, base),
         "kl_deep": toysim.kl_by_position(deep, base),
     }
     for name, levels in (("base", base), ("standard", standard), ("deep", deep)):
-        out[f"attack_{name}"] = rc.attack_success(levels, spec)
-        inside, _ = rc.log_recovery_probability(levels, spec.mask)
+        out[f"attack_{name}"] = toysim.attack_success(levels, spec)
+        inside, _ = toysim.log_recovery_probability(levels, spec.mask)
         out[f"recovery_prob_{name}"] = tuple(jnp.exp(x) for x in inside)
-    out["gibbs"] = rc.gibbs_recovery(base, spec)
+    out["gibbs"] = toysim.gibbs_recovery(base, spec)
     return out
 
 
@@ -126,17 +131,17 @@ def deep_instance(vocab_size: int, horizon: int, deadline: int) -> DeepInstance:
         toysim.harm_values(toysim.deadline_harm(vocab_size, [vocab_size - 1], deadline), vocab_size, horizon)
     )
     params, base, q, standard, masks, k = _setup(policy, jax.random.key(POLICY_SEED), h)
-    spec = rc.recovery_spec(vocab_size, RECOVERY, [np.asarray(x) for x in q], mu=MU, gamma=GAMMA)
-    deep, result = rc.train_deep(base, h, LAM, spec, objective="separable", steps=STEPS, tol=GRAD_TOL)
+    spec = toysim.recovery_spec(vocab_size, RECOVERY, [np.asarray(x) for x in q], mu=MU, gamma=GAMMA)
+    deep, result = toysim.train_deep(base, h, LAM, spec, objective="separable", steps=STEPS, tol=GRAD_TOL)
     if not result.certificate.converged:
         raise ValueError(f"{NAME}: the deep optimum is not certified: {result.certificate.message()}")
     _, bound = certify_values(
-        Objective(rc.separable_objective),
+        Objective(toysim.separable_objective),
         result.params,
         Objective(_deep_values),
         args=(base, h, jnp.float64(LAM), spec),
         value_args=(base, spec),
-        gauge=Objective(rc._all_log_softmax),
+        gauge=Objective(_tabular_log_probs),
         rounding=ROUNDING,
     )
     # per-prefix recovery bounds; a min over prefixes moves by at most the largest of them

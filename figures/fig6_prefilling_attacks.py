@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toysim import _recovery as rc
+import toysim
 
 from . import _style
 from .fig5_recovery_penalty import CERTIFIED_TOL, GAMMA, MU, deep_instance
@@ -61,10 +61,10 @@ def data(vocab_size: int, horizon: int, deadline: int, delta: float) -> dict[str
         out[f"attack_{name}"] = inst.numbers[f"attack_{name}"]
         out[f"min_recovery_{name}"] = inst.numbers[f"min_recovery_{name}"]
     out.update(
-        guarantee=np.asarray(rc.guaranteed_recovery(inst.p_min, MU, GAMMA, depths + 1)),
+        guarantee=np.asarray(toysim.guaranteed_recovery(inst.p_min, MU, GAMMA, depths + 1)),
         p_min=np.asarray(inst.p_min),
         delta=np.asarray(delta),
-        t_attack=np.asarray(rc.attack_length(delta, inst.p_min, MU, GAMMA)),
+        t_attack=np.asarray(toysim.attack_length(delta, inst.p_min, MU, GAMMA)),
         k=np.asarray(inst.k),
         mu=np.asarray(MU),
         gamma=np.asarray(GAMMA),
@@ -104,7 +104,7 @@ def plot(numbers: dict[str, np.ndarray]):
     lo, hi = depths[0] - 0.4, depths[-1] + 0.4
     fine = np.linspace(lo, hi, 200)
     mu, gamma = float(numbers["mu"]), float(numbers["gamma"])
-    bound = rc.guaranteed_recovery(float(numbers["p_min"]), mu, gamma, fine + 1)
+    bound = toysim.guaranteed_recovery(float(numbers["p_min"]), mu, gamma, fine + 1)
     ax_b.plot(
         fine,
         bound,

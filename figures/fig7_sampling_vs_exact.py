@@ -5,12 +5,12 @@ only as ``1/√N`` at every position, beyond the harm horizon too, where the exa
 any affordable ``N`` a sampler sees noise where the theorem says zero (docs/theory.md §10).
 
 Instance: the Markov (order 1) policy and deadline harm of figure 2. The estimates are
-``toysim._sampling.reinforce_gradients`` without baseline, ``N_0`` samples each, mapped with ``vmap``
+``toysim.reinforce_gradients`` without baseline, ``N_0`` samples each, mapped with ``vmap``
 over independent keys (one compiled program). Because this estimator is a plain mean over i.i.d.
 samples, the mean of ``m`` independent ``N_0``-sample estimates *is* an ``m N_0``-sample estimate,
 so every sample count ``N`` is read from the same draws: disjoint groups of them give the
 independent repeats behind the root-mean-square error at ``N``. The exact ``G_t`` is the covariance
-form (``toysim._sampling.exact_gradients``).
+form (``toysim.exact_gradients``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import toysim
-from toysim import _sampling
 
 from . import _style
 
@@ -39,10 +38,10 @@ SPREAD_SAMPLES = 100  # the sample count whose estimates are shown beside the ex
 def _estimates(policy, key, h, estimates):
     """Exact ``G_t`` and ``estimates`` independent ``N_0``-sample REINFORCE estimates, flattened."""
     params = policy.init(jax.random.key(POLICY_SEED))
-    exact = _sampling.exact_gradients(policy, params, h)
+    exact = toysim.exact_gradients(policy, params, h)
 
     def one(k):
-        est = _sampling.reinforce_gradients(policy, params, h, k, BASE_SAMPLES, "none")
+        est = toysim.reinforce_gradients(policy, params, h, k, BASE_SAMPLES, "none")
         return jnp.stack([jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(g)]) for g in est])
 
     flat_exact = jnp.stack(

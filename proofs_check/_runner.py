@@ -195,7 +195,7 @@ def prepare_dir(path: str, what: str = "counterexample folder") -> str:
 
 def write_counterexample(value: Any, check_name: str, seed: int, directory: str) -> str | None:
     """Write the instance of a failing input as ``<dir>/<check>-seed<seed>.json``; its path."""
-    from toysim._instance import dumps
+    from toysim import dump_instance
 
     inst = instance_of(value)
     if inst is None:
@@ -204,7 +204,7 @@ def write_counterexample(value: Any, check_name: str, seed: int, directory: str)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", check_name)
     path = os.path.join(directory, f"{safe}-seed{seed}.json")
     with open(path, "w", encoding="utf-8") as fh:
-        fh.write(dumps(file_instance(inst)))
+        fh.write(dump_instance(file_instance(inst)))
         fh.write("\n")
     return path
 
@@ -216,9 +216,7 @@ def file_instance(instance: Any):
       ValueError: when neither form applies (a policy other than first-order Markov, or an
         automaton harm, over a tree too large to convert).
     """
-    from toysim import AutomatonHarm, Instance, MarkovPolicy
-    from toysim import check_fits
-    from toysim._harms import prune_unreachable
+    from toysim import AutomatonHarm, Instance, MarkovPolicy, check_fits, prune_unreachable
 
     policy = instance.policy
     if isinstance(policy, MarkovPolicy) and policy.order == 1 and isinstance(instance.harm, AutomatonHarm):

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from toysim import _recovery as rc
+import toysim
 
 from . import recovery_reference as ref
 from ._framework import Check
@@ -60,7 +60,7 @@ def compute(case):
     s = solved(case)
     r = reference(case)
     spec = s.spec
-    p_min = rc.min_recovery_probability(s.base, spec.mask)
+    p_min = toysim.min_recovery_probability(s.base, spec.mask)
     ref_p_min = ref.min_recovery(r.logits, case.recovery)
     trained = reference_recovery(optimum(case, "separable", lam_zero=True), case.recovery)
     eps = certificate(case, lam_zero=True)  # |π_trained − π*| ≤ ε_p (gibbs_form.py)
@@ -73,17 +73,17 @@ def compute(case):
         "mu": case.mu,
         "gamma": case.gamma,
         "deltas": deltas,
-        "t_attack": [rc.attack_length(d, p_min, spec.mu, spec.gamma) for d in deltas],
+        "t_attack": [toysim.attack_length(d, p_min, spec.mu, spec.gamma) for d in deltas],
         "ref_root": [ref.attack_root(ref_p_min, case.mu, case.gamma, d) for d in deltas],
         "ref_first": [ref.first_attack_position(ref_p_min, case.mu, case.gamma, d) for d in deltas],
-        "guarantee": np.asarray(rc.guaranteed_recovery(p_min, spec.mu, spec.gamma, positions)),
+        "guarantee": np.asarray(toysim.guaranteed_recovery(p_min, spec.mu, spec.gamma, positions)),
         "ref_guarantee": np.asarray(ref.guarantee(ref_p_min, case.mu, case.gamma, positions)),
         "min_recovery": m,
     }
 
 
 def residual(q):
-    g = lambda t: rc.guaranteed_recovery(q["p_min"], q["mu"], q["gamma"], t)  # noqa: E731
+    g = lambda t: toysim.guaranteed_recovery(q["p_min"], q["mu"], q["gamma"], t)  # noqa: E731
     errs = [abs(q["p_min"] - q["ref_p_min"]), float(np.max(np.abs(q["guarantee"] - q["ref_guarantee"])))]
     for ta, root, first in zip(q["t_attack"], q["ref_root"], q["ref_first"]):
         errs.append(max(0.0, abs(ta - root) / max(1.0, abs(root)) - ROOT_TOLERANCE))
@@ -129,7 +129,7 @@ CHECKS = [
             "discount off by one (μγ^t in the guarantee)": lambda q: {
                 **q,
                 "guarantee": np.asarray(
-                    rc.guaranteed_recovery(
+                    toysim.guaranteed_recovery(
                         q["p_min"], q["mu"], q["gamma"], np.arange(2, len(q["guarantee"]) + 2)
                     )
                 ),

@@ -29,7 +29,6 @@ import numpy as np
 from hypothesis import strategies as st
 
 import toysim
-from toysim import _recovery as rc
 
 from . import recovery_reference as ref
 from ._framework import Check
@@ -59,17 +58,17 @@ def compute(case):
     V, T = inst.policy.vocab_size, inst.policy.horizon
     h = jnp.asarray(toysim.harm_values(inst.harm, V, T))
     levels = toysim.forward(inst.policy, inst.params)
-    spec = rc.recovery_spec(V, recovery, rc.harmful_prefix_marginals(levels, h), mu=mu, gamma=gamma)
-    samples = np.asarray(rc.augmentation_samples(jax.random.key(seed), levels, spec, NUM_SAMPLES))
+    spec = toysim.recovery_spec(V, recovery, toysim.harmful_prefix_marginals(levels, h), mu=mu, gamma=gamma)
+    samples = np.asarray(toysim.augmentation_samples(jax.random.key(seed), levels, spec, NUM_SAMPLES))
     log_p0 = ref.sequence_log_probs(inst.policy, inst.params)
     leaf_q = ref.harmful_leaf(log_p0, np.asarray(h))
     reference = ref.penalty(inst.policy, [inst.params] * T, leaf_q, recovery, mu, gamma)
     return {
         "samples": samples,
         "reference": float(reference),
-        "exact": float(rc.recovery_penalty(levels, spec)),
+        "exact": float(toysim.recovery_penalty(levels, spec)),
         "radius": bernstein_radius(
-            rc.augmentation_variance(levels, spec), T * mu, NUM_SAMPLES, FALSE_FAILURE
+            toysim.augmentation_variance(levels, spec), T * mu, NUM_SAMPLES, FALSE_FAILURE
         ),
         "horizon": T,
     }

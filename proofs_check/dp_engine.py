@@ -50,8 +50,6 @@ import numpy as np
 from hypothesis import strategies as st
 
 import toysim
-from toysim import _recovery as rc
-from toysim._enumerate import levels_from_log_cond, log_cond_untied
 
 from . import reference as ref
 from . import tolerances as tol
@@ -124,6 +122,11 @@ def _flatten(exact: dict, deep: dict) -> dict:
     return out
 
 
+def _norms(grads) -> list[float]:
+    """``‖G_t‖`` of each position's gradient pytree, summed as ``toysim.deep_report`` sums them."""
+    return [float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(g)))) for g in grads]
+
+
 def compute_agreement(case):
     inst, token, mu, gamma, jail = case
     exact_dp, deep_dp = _dp_side(case)
@@ -131,30 +134,28 @@ def compute_agreement(case):
     policy, params = inst.policy, inst.params
     V, T = policy.vocab_size, policy.horizon
     h = jnp.asarray(toysim.harm_values(inst.harm, V, T))
-    base = levels_from_log_cond(log_cond_untied(policy, [params] * T))
+    base = toysim.forward(policy, params)
     if jail is None:
-        q = rc.harmful_prefix_marginals(base, h)
+        q = toysim.harmful_prefix_marginals(base, h)
     else:
-        q = rc.policy_prefix_marginals(
-            levels_from_log_cond(log_cond_untied(policy, [toysim.MarkovParams(jail)] * T))
-        )
-    spec = rc.recovery_spec(V, [token], q, mu=mu, gamma=gamma)
+        q = toysim.policy_prefix_marginals(toysim.forward(policy, toysim.MarkovParams(jail)))
+    spec = toysim.recovery_spec(V, [token], q, mu=mu, gamma=gamma)
     plain = toysim.covariance_gradient(policy, params, base, toysim.harm_martingale(base, h))
-    recovery = rc.recovery_gradient(policy, params, spec)
+    recovery = toysim.recovery_gradient(policy, params, spec)
     deep = [jax.tree_util.tree_map(lambda a, b: inst.lam * a + b, g, r) for g, r in zip(plain, recovery)]
     deep_en = {
-        "recovery_penalty": float(rc.recovery_penalty(base, spec)),
+        "recovery_penalty": float(toysim.recovery_penalty(base, spec)),
         "gradient_norm_by_position": {
-            "plain_harm": [inst.lam * n for n in rc._norms(plain)],
-            "recovery_closed_form": rc._norms(recovery),
-            "deep": rc._norms(deep),
+            "plain_harm": [inst.lam * n for n in _norms(plain)],
+            "recovery_closed_form": _norms(recovery),
+            "deep": _norms(deep),
         },
         "attack_success": {
-            "base": rc.attack_success(base, spec),
-            "standard": rc.attack_success(rc.standard_optimum(base, h, inst.lam), spec),
-            "gibbs": rc.attack_success(rc.gibbs_policy(base, spec), spec),
+            "base": toysim.attack_success(base, spec),
+            "standard": toysim.attack_success(toysim.standard_optimum(base, h, inst.lam), spec),
+            "gibbs": toysim.attack_success(toysim.gibbs_policy(base, spec), spec),
         },
-        "p_min": rc.min_recovery_probability(base, spec.mask),
+        "p_min": toysim.min_recovery_probability(base, spec.mask),
     }
     return {"dp": _flatten(exact_dp, deep_dp), "enumerate": _flatten(exact_en, deep_en)}
 

@@ -78,7 +78,6 @@ from hypothesis import assume
 from hypothesis import strategies as st
 
 import toysim
-from toysim import _recovery as rc
 
 from . import recovery_reference as ref
 from ._framework import Check
@@ -158,7 +157,7 @@ class Solved(NamedTuple):
     case: DeepCase
     base: toysim.Levels
     h: jnp.ndarray
-    spec: rc.RecoverySpec
+    spec: toysim.RecoverySpec
     determined: tuple  # per level 0..T−1: determined (past the horizon) prefixes
 
     @property
@@ -175,10 +174,10 @@ def build(case: DeepCase) -> Solved:
     base = toysim.forward(policy, inst.params)
     h = jnp.asarray(toysim.harm_values(inst.harm, V, T))
     if case.q == "harmful":
-        q = rc.harmful_prefix_marginals(base, h)
+        q = toysim.harmful_prefix_marginals(base, h)
     else:
-        q = rc.policy_prefix_marginals(toysim.forward(policy, _jailbroken(policy, case.q_seed)))
-    spec = rc.recovery_spec(V, case.recovery, q, mu=case.mu, gamma=case.gamma)
+        q = toysim.policy_prefix_marginals(toysim.forward(policy, _jailbroken(policy, case.q_seed)))
+    spec = toysim.recovery_spec(V, case.recovery, q, mu=case.mu, gamma=case.gamma)
     return Solved(case, base, h, spec, toysim.determined_masks(h, V, T)[:-1])
 
 
@@ -200,13 +199,13 @@ def optimum(case: DeepCase, objective: str, lam_zero: bool = False) -> toysim.Le
     if key not in _OPTIMA:
         s = solved(case)
         lam = 0.0 if lam_zero else float(case.instance.lam)
-        _OPTIMA[key], _ = rc.train_deep(
+        _OPTIMA[key], _ = toysim.train_deep(
             s.base, s.h, lam, s.spec, objective=objective, steps=STEPS, tol=GRAD_TOL
         )
     return _OPTIMA[key]
 
 
-_separable_gradient = jax.jit(jax.grad(rc.separable_objective))
+_separable_gradient = jax.jit(jax.grad(toysim.separable_objective))
 
 
 def certificate(case: DeepCase, lam_zero: bool) -> list[np.ndarray]:
@@ -230,7 +229,7 @@ def certificate(case: DeepCase, lam_zero: bool) -> list[np.ndarray]:
 
 
 def recovery_probs(levels, spec):
-    inside, _ = rc.log_recovery_probability(levels, spec.mask)
+    inside, _ = toysim.log_recovery_probability(levels, spec.mask)
     return [np.exp(np.asarray(x)) for x in inside]
 
 
@@ -299,14 +298,14 @@ def compute(case):
     r = reference(case)
     free = optimum(case, "separable", lam_zero=True)
     separable = optimum(case, "separable")
-    logit_base = [np.asarray(z) for z in rc.logit_recovery(s.base, s.spec.mask)]
+    logit_base = [np.asarray(z) for z in toysim.logit_recovery(s.base, s.spec.mask)]
     sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
     shift = np.arange(len(logit_base))
     return {
         # the library
         "free": recovery_probs(free, s.spec),
         "separable": recovery_probs(separable, s.spec),
-        "gibbs": [np.asarray(g) for g in rc.gibbs_recovery(s.base, s.spec)],
+        "gibbs": [np.asarray(g) for g in toysim.gibbs_recovery(s.base, s.spec)],
         "q": [np.asarray(x) for x in s.spec.q_prefix],
         "discounts": np.asarray(s.spec.discounts),
         "free_certificate": certificate(case, lam_zero=True),
@@ -326,7 +325,7 @@ def compute(case):
         "gamma": s.spec.gamma,
         "gibbs_no_mu": [sig(z + s.spec.gamma**t) for t, z in zip(shift, logit_base)],
         "gibbs_shifted": [sig(z + s.spec.mu * s.spec.gamma ** (t + 1)) for t, z in zip(shift, logit_base)],
-        "q_unconditioned": [np.asarray(x) for x in rc.policy_prefix_marginals(s.base)],
+        "q_unconditioned": [np.asarray(x) for x in toysim.policy_prefix_marginals(s.base)],
     }
 
 

@@ -47,7 +47,6 @@ from __future__ import annotations
 import numpy as np
 
 import toysim
-from toysim import _recovery as rc
 
 from . import recovery_reference as ref
 from ._framework import Check
@@ -69,26 +68,26 @@ def compute(case):
     V, T = s.base.vocab_size, s.base.horizon
     lam = float(case.instance.lam)
     k_h = int(toysim.uniform_horizon(toysim.determined_masks(s.h, V, T)))
-    std = rc.standard_optimum(s.base, s.h, lam)
+    std = toysim.standard_optimum(s.base, s.h, lam)
     deep = optimum(case, "joint")
     h = np.asarray(s.h)
     curve = lambda lp: ref.attack_curve(lp, r.leaf_q, case.recovery, V, T)  # noqa: E731
-    unconditioned = rc.recovery_spec(
-        V, case.recovery, rc.policy_prefix_marginals(s.base), case.mu, case.gamma
+    unconditioned = toysim.recovery_spec(
+        V, case.recovery, toysim.policy_prefix_marginals(s.base), case.mu, case.gamma
     )
     return {
         "horizon": k_h,
-        "base": np.asarray(rc.attack_success(s.base, s.spec)),
-        "standard": np.asarray(rc.attack_success(std, s.spec)),
-        "deep": np.asarray(rc.attack_success(deep, s.spec)),
+        "base": np.asarray(toysim.attack_success(s.base, s.spec)),
+        "standard": np.asarray(toysim.attack_success(std, s.spec)),
+        "deep": np.asarray(toysim.attack_success(deep, s.spec)),
         "ref_horizon": r.horizon,
         "ref_base": curve(r.log_p0),
         "ref_standard": curve(ref.tilt_log_probs(r.log_p0, h, lam)),
         "ref_deep": curve(ref.tabular_log_probs(deep.log_cond)),
         # for the negative control "unconditioned harmful Q" (meaningful when q = harmful)
-        "base_unconditioned": np.asarray(rc.attack_success(s.base, unconditioned)),
-        "standard_unconditioned": np.asarray(rc.attack_success(std, unconditioned)),
-        "deep_unconditioned": np.asarray(rc.attack_success(deep, unconditioned)),
+        "base_unconditioned": np.asarray(toysim.attack_success(s.base, unconditioned)),
+        "standard_unconditioned": np.asarray(toysim.attack_success(std, unconditioned)),
+        "deep_unconditioned": np.asarray(toysim.attack_success(deep, unconditioned)),
     }
 
 

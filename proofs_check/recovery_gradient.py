@@ -11,7 +11,7 @@ Independent reference (:mod:`proofs_check.recovery_reference`): ``Q(y) = π_0(y)
 per response, the penalty as a sum over responses and positions, and ``jax.grad`` of that
 brute-force sum (and of ``λ Σ_y π(y) h(y)`` and of the sequence KL) with the parameters untied per
 position, all from ``policy.logits`` alone; ``k`` from ``h`` alone. The library side: the closed
-form (``rc.recovery_gradient``), the untied autodiff of the engine (``rc.gradient_by_position``),
+form (``toysim.recovery_gradient``), the untied autodiff of the engine (``toysim.deep_gradient_by_position``),
 the covariance form ``λ G_t``, the discounts, the harmful-``Q`` marginals, the penalty and ``k``;
 for first-order Markov policies with an automaton harm also the DP engine
 (``toysim.dp_deep_report``): penalty, per-position gradient norms, ``k``, ``p_min``, the robustness
@@ -43,7 +43,6 @@ from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
 import toysim
-from toysim import _recovery as rc
 
 from . import recovery_reference as ref
 from ._framework import Check
@@ -122,35 +121,37 @@ def compute(case):
 
     # ---- the library
     base = toysim.forward(policy, params)
-    q_lib = rc.harmful_prefix_marginals(base, h)
-    spec = rc.recovery_spec(V, recovery, q_lib, mu=mu, gamma=gamma)
+    q_lib = toysim.harmful_prefix_marginals(base, h)
+    spec = toysim.recovery_spec(V, recovery, q_lib, mu=mu, gamma=gamma)
     k = int(toysim.uniform_horizon(toysim.determined_masks(h, V, T)))
     plain = toysim.covariance_gradient(policy, params, base, toysim.harm_martingale(base, h))
     lib = {
-        "closed": [_flat(g) for g in rc.recovery_gradient(policy, params, spec)],
+        "closed": [_flat(g) for g in toysim.recovery_gradient(policy, params, spec)],
         "autodiff": [
             _flat(g)
-            for g in rc.gradient_by_position(policy, params, base, h, inst.lam, spec, terms="recovery")
+            for g in toysim.deep_gradient_by_position(
+                policy, params, base, h, inst.lam, spec, terms="recovery"
+            )
         ],
-        "deep": [_flat(g) for g in rc.gradient_by_position(policy, params, base, h, inst.lam, spec)],
+        "deep": [_flat(g) for g in toysim.deep_gradient_by_position(policy, params, base, h, inst.lam, spec)],
         "plain": [inst.lam * _flat(g) for g in plain],
         "q": [np.asarray(x) for x in spec.q_prefix],
         "discounts": np.asarray(spec.discounts),
-        "penalty": float(rc.recovery_penalty(base, spec)),
+        "penalty": float(toysim.recovery_penalty(base, spec)),
         "horizon": k,
     }
     # the same library code fed the data of realistic bugs (negative controls)
-    shifted = rc.recovery_spec(V, recovery, q_lib, mu=mu * gamma, gamma=gamma)  # μγ^t
-    q_plain = rc.policy_prefix_marginals(base)  # π_0's marginals, harm forgotten
-    unconditioned = rc.recovery_spec(V, recovery, q_plain, mu=mu, gamma=gamma)
+    shifted = toysim.recovery_spec(V, recovery, q_lib, mu=mu * gamma, gamma=gamma)  # μγ^t
+    q_plain = toysim.policy_prefix_marginals(base)  # π_0's marginals, harm forgotten
+    unconditioned = toysim.recovery_spec(V, recovery, q_plain, mu=mu, gamma=gamma)
     complement = [v for v in range(V) if v not in set(recovery)]
     bugs = {
-        "closed_shifted": [_flat(g) for g in rc.recovery_gradient(policy, params, shifted)],
+        "closed_shifted": [_flat(g) for g in toysim.recovery_gradient(policy, params, shifted)],
         "discounts_shifted": np.asarray(shifted.discounts),
-        "closed_unconditioned": [_flat(g) for g in rc.recovery_gradient(policy, params, unconditioned)],
+        "closed_unconditioned": [_flat(g) for g in toysim.recovery_gradient(policy, params, unconditioned)],
         "q_unconditioned": [np.asarray(x) for x in q_plain],
         "penalty_complement": float(
-            rc.recovery_penalty(base, rc.recovery_spec(V, complement, q_lib, mu=mu, gamma=gamma))
+            toysim.recovery_penalty(base, toysim.recovery_spec(V, complement, q_lib, mu=mu, gamma=gamma))
         ),
     }
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toysim import _recovery as rc
+import toysim
 
 from . import recovery_reference as ref
 from ._framework import Check
@@ -71,12 +71,12 @@ def compute(case):
     level, row = min(
         ((t, int(np.argmin(x))) for t, x in enumerate(base_ref)), key=lambda lr: base_ref[lr[0]][lr[1]]
     )
-    logit = [np.asarray(z) for z in rc.logit_recovery(s.base, s.spec.mask)]
+    logit = [np.asarray(z) for z in toysim.logit_recovery(s.base, s.spec.mask)]
     wrong_sign = [1.0 / (1.0 + np.exp(-(z - d))) for z, d in zip(logit, s.spec.discounts)]
     on_support = min(float(np.min(b[w])) for b, w in zip(base_ref, where) if w.any())
     return {
         # the library
-        "bound": rc.robustness_bound(s.base, s.spec),
+        "bound": toysim.robustness_bound(s.base, s.spec),
         "recovery_lib": recovery_probs(levels, s.spec),
         # the reference
         "ref_bound": ref.robustness_bound(p_min, mu, gamma, T),
@@ -93,7 +93,7 @@ def compute(case):
         # controls fall below it at the prefix attaining that minimum
         "bound_on_support": ref.robustness_bound(on_support, mu, gamma, T),
         "bound_shifted": float(
-            rc.guaranteed_recovery(rc.min_recovery_probability(s.base, s.spec.mask), mu, gamma, T + 1)
+            toysim.guaranteed_recovery(toysim.min_recovery_probability(s.base, s.spec.mask), mu, gamma, T + 1)
         ),
     }
 

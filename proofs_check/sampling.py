@@ -1,7 +1,7 @@
 """Sampling versus exactness: REINFORCE is unbiased but blind to the theorem (docs/theory.md §10, *ours*).
 
 Theorem ``reinforce-unbiased``: the REINFORCE estimate ``Ĝ_t = (1/N) Σ_n (h(y⁽ⁿ⁾) − b_n) s_t(y⁽ⁿ⁾)``
-of the library (:func:`toysim._sampling.reinforce_gradients`, leave-one-out baseline
+of the library (:func:`toysim.reinforce_gradients`, leave-one-out baseline
 ``b_n = (Σ_m h_m − h_n)/(N − 1)``, ``N = 50``) is unbiased for the exact ``G_t`` of the engine.
 
 Exact variance. With the leave-one-out baseline ``Ĝ_t = (1/(N−1)) Σ_n (h_n − h̄)(s_n − s̄)`` is the
@@ -65,7 +65,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 import toysim
-from toysim._sampling import exact_gradients, reinforce_gradients
+from toysim import exact_gradients, reinforce_gradients
 
 from ._framework import Check
 

@@ -32,7 +32,7 @@ and bounding the three sums by (1)+(2), (2) and (3) gives (*). The ``λ⁴`` ter
 ``E_{π_0}[−½(H_{t−1} − H_0) Var(H_t|p) − ½ Cov(H_t, Var(h|·)|p) − ⅓ κ₃(H_t|p)]``, whose three terms
 are bounded by ``I_t/2``, ``S_t/16`` and ``I_t/3``.
 
-What is compared. The library's :func:`toysim._training.second_order_ratio` gives ``D_t(λ)``,
+What is compared. The library's :func:`toysim.second_order_ratio` gives ``D_t(λ)``,
 ``I_t`` and ``ratio = 2 D_t/(λ² I_t)`` on a dense grid ``λ ∈ {10^{−4}, 10^{−3.75}, …, 1}`` (17
 points). An independent numpy reference (per-prefix sums over the leaves, probabilities from
 ``policy.logits``; ``Z`` through ``expm1``/``log1p`` so that ``D_t`` is accurate to ~``ε λ``
@@ -77,7 +77,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 import toysim
-from toysim._training import second_order_ratio
+from toysim import second_order_ratio
 
 from ._framework import Check
 from .strategies import harms, make_policy

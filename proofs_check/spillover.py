@@ -28,7 +28,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 import toysim
-from toysim._training import spillover_by_position
+from toysim import spillover_by_position
 
 from ._framework import Check
 from .strategies import small_instances

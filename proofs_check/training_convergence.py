@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import toysim
-from toysim._training import train_alignment
+from toysim import train_alignment
 
 from ._framework import Check
 from .strategies import small_instances

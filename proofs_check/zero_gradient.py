@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 
 import toysim
-from toysim._enumerate import level_weights
 
 from . import reference as ref
 from . import tolerances as tol
@@ -78,6 +77,12 @@ def exercised_positions(q):
     return q["ref_horizon"] < q["T"]
 
 
+def _edge_weights(levels: toysim.Levels, t: int):
+    """Joint probability ``P(p) π(v|p)`` of each edge from level ``t-1`` to ``t`` (``t >= 1``): the
+    probabilities of the length-``t`` prefixes, laid out as (parent prefix, token)."""
+    return jnp.exp(levels.log_prefix[t]).reshape(levels.log_cond[t - 1].shape)
+
+
 def compute_prefixes(inst):
     policy = inst.policy
     v, horizon = policy.vocab_size, policy.horizon
@@ -95,7 +100,7 @@ def compute_prefixes(inst):
         "weights": [np.asarray(w) for w in weights],
         "determined": [np.asarray(masks[t]) for t in range(horizon)],  # prefixes of length t-1
         "child_determined": [np.asarray(masks[t + 1]).reshape(-1, v) for t in range(horizon)],
-        "edge": [np.asarray(level_weights(levels, t + 1)) for t in range(horizon)],
+        "edge": [np.asarray(_edge_weights(levels, t + 1)) for t in range(horizon)],
         "H_child": [np.asarray(mart[t + 1]).reshape(-1, v) for t in range(horizon)],
         "tabular_rows": tabular_rows,
         "ref_weights": ref_weights,

@@ -307,6 +307,19 @@ def test_check_theorem_check_rejects_uncaught_control_and_failing_theorem():
         teaching.check_theorem_check(lambda: 0)
 
 
+def test_check_theorem_check_reads_any_object_with_the_check_attributes():
+    """The library does not import proofs_check: a plain namespace with the same fields works, and
+    an object lacking some is refused with their names."""
+    import types
+
+    c = _root_check({"unweighted": lambda q: {**q, "p": np.full_like(q["p"], 1 / q["p"].size)}})
+    duck = types.SimpleNamespace(**{a: getattr(c, a) for a in teaching._CHECK_ATTRIBUTES})
+    assert teaching.check_theorem_check(duck, examples=3)
+    del duck.corruptions
+    with pytest.raises(ValueError, match="lacks corruptions"):
+        teaching.check_theorem_check(duck)
+
+
 # ---------------------------------------------------------------- the classroom demo
 
 

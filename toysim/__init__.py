@@ -48,6 +48,7 @@ from ._harms import deadline_harm as deadline_harm
 from ._harms import first_decisive_harm as first_decisive_harm
 from ._harms import graded_harm as graded_harm
 from ._harms import harm_values as harm_values
+from ._harms import prune_unreachable as prune_unreachable
 from ._harms import table_harm as table_harm
 from ._harms import trigger_harm as trigger_harm
 from ._harms import unreachable_states as unreachable_states
@@ -87,6 +88,7 @@ from ._recovery import attack_curves as attack_curves
 from ._recovery import attack_length as attack_length
 from ._recovery import attack_success as attack_success
 from ._recovery import augmentation_samples as augmentation_samples
+from ._recovery import augmentation_variance as augmentation_variance
 from ._recovery import deep_objective as deep_objective
 from ._recovery import deep_report as deep_report
 from ._recovery import gibbs_gap as gibbs_gap
@@ -98,6 +100,7 @@ from ._recovery import harmful_log_marginals as harmful_log_marginals
 from ._recovery import harmful_prefix_marginals as harmful_prefix_marginals
 from ._recovery import log_no_recovery as log_no_recovery
 from ._recovery import log_recovery_probability as log_recovery_probability
+from ._recovery import logit_recovery as logit_recovery
 from ._recovery import min_log_recovery as min_log_recovery
 from ._recovery import min_recovery_probability as min_recovery_probability
 from ._recovery import policy_prefix_marginals as policy_prefix_marginals
@@ -118,6 +121,7 @@ from ._sampling import sample_sequences as sample_sequences
 from ._sampling import sampling_versus_exact as sampling_versus_exact
 from ._training import TrainingResult as TrainingResult
 from ._training import alignment_loss as alignment_loss
+from ._training import policy_log_probs as policy_log_probs
 from ._training import second_order_ratio as second_order_ratio
 from ._training import spillover_by_position as spillover_by_position
 from ._training import train_alignment as train_alignment
@@ -155,6 +159,7 @@ __all__ = [
     "attack_length",
     "attack_success",
     "augmentation_samples",
+    "augmentation_variance",
     "autodiff_gradient",
     "automaton_arrays",
     "automaton_harm",
@@ -206,13 +211,16 @@ __all__ = [
     "log_no_recovery",
     "log_partition",
     "log_recovery_probability",
+    "logit_recovery",
     "martingale_summary",
     "min_log_recovery",
     "min_recovery_probability",
     "minimize",
+    "policy_log_probs",
     "policy_prefix_marginals",
     "prefix_covariance_sq_norm",
     "prefix_digits",
+    "prune_unreachable",
     "recovery_gradient",
     "recovery_mask",
     "recovery_penalty",

@@ -460,19 +460,31 @@ def check_automaton(
     return Verdict(verdict.ok, message.replace("matches the exact value", "matches the intended harm"))
 
 
+# What check_theorem_check reads of a check: the attributes of proofs_check.Check that it uses.
+_CHECK_ATTRIBUTES = ("name", "kind", "tolerance", "instances", "compute", "residual", "corruptions")
+
+
 def check_theorem_check(check_obj: Any, *, examples: int = 10, seed: int = 0) -> Verdict:
     """Run a ``proofs_check`` check of your own and each of its negative controls.
 
     It must hold on ``examples`` hypothesis inputs (a theorem) and every corruption must push the
     residual above the tolerance on at least one of those inputs. The message names the input
     count, the worst residual, and each control that was or was not caught.
-    """
-    from proofs_check._framework import Check
 
+    ``check_obj`` is read by its attributes only (the library does not import ``proofs_check``), so
+    a ``proofs_check.Check`` or any object with the same attributes is accepted: ``name`` (str),
+    ``kind`` (``"theorem"`` or ``"finding"``), ``tolerance`` (float), ``instances`` (zero-argument
+    function returning a hypothesis strategy), ``compute`` (input -> quantities), ``residual``
+    (quantities -> float) and ``corruptions`` (dict: name -> (quantities -> wrong quantities)).
+    """
     if check_obj is None:
         return Verdict(False, "your check: no answer yet (replace the placeholder with your Check).")
-    if not isinstance(check_obj, Check):
-        raise ValueError(f"answer must be a proofs_check Check, got {type(check_obj).__name__}")
+    missing = [a for a in _CHECK_ATTRIBUTES if not hasattr(check_obj, a)]
+    if missing:
+        raise ValueError(
+            f"answer must be a proofs_check Check (an object with {', '.join(_CHECK_ATTRIBUTES)}); "
+            f"got {type(check_obj).__name__}, which lacks {', '.join(missing)}"
+        )
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as hseed
 
