@@ -12,8 +12,8 @@ one interface (:class:`Engine`):
   moves ``(c, s) → (v, δ(s, v))``; first-order Markov policies and automaton harms, any horizon,
   cost ``O(T (V + 1) S V)``.
 
-Every quantity of docs/theory.md (``modules _martingale, _gradient, _horizon, _equilibrium,
-_recovery, _attacks``) is written once against three passes and one per-position object:
+Every quantity of docs/theory.md (modules ``_martingale``, ``_gradient``, ``_horizon``,
+``_equilibrium``, ``_recovery``) is written once against three passes and one per-position object:
 
 * ``forward``: ``log P_t(x)``, the log-probability of every state at every position (the engine
   computes it when it is built; :attr:`Engine.log_prob`);
