@@ -39,9 +39,8 @@ def _steps_per_second(policy, params, h, optimizer, steps, every=10):
     stamp after compilation (step ``every``) and the last, so it includes one loss evaluation per
     ``every`` steps (the driver's recording) and nothing else.
     """
-    from toysim._enumerate import forward
+    from toysim import alignment_loss, forward
     from toysim._optimize import minimize
-    from toysim._training import alignment_loss
 
     base = forward(policy, params)
     stamps = {}

@@ -108,8 +108,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "horizon_distribution_parent",
         "toysim/_horizon.py",
-        "    newly = det_child & ~det_parent[..., None]\n",
-        "    newly = det_child & jnp.ones_like(det_parent[..., None])\n",
+        "    open_mass = jnp.where(det_parent, 0.0, jnp.exp(step.log_p))\n",
+        "    open_mass = jnp.exp(step.log_p)\n",
         "P(τ = t) counts every determined state, not only those whose parent is open",
         ("dp_matches_enumeration", "dp_long_horizon", "horizon_equivalence"),
     ),
@@ -124,7 +124,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "kl_by_position_reversed",
-        "toysim/_equilibrium.py",
+        "toysim/_objectives.py",
         "    prefix_kl = [_prefix_kl(lp, lq) for lp, lq in zip(p.log_cond, q.log_cond)]\n",
         "    prefix_kl = [_prefix_kl(lq, lp) for lp, lq in zip(p.log_cond, q.log_cond)]\n",
         "per-position KL(Q ‖ P) instead of KL(P ‖ Q) (arguments swapped)",
@@ -219,11 +219,19 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "dp_discount_off_by_one",
-        "toysim/_dp_recovery.py",
+        "toysim/_reports.py",
         "    discounts_np = mu * gamma ** np.arange(T, dtype=np.float64)\n",
         "    discounts_np = mu * gamma ** np.arange(1, T + 1, dtype=np.float64)\n",
         "DP discounts μγ^t instead of μγ^{t−1}",
         ("recovery_gradient", "dp_matches_enumeration"),
+    ),
+    Mutant(
+        "dp_deep_gradient_without_lambda",
+        "toysim/_dp_recovery.py",
+        "        g = lam * covariance_cotangent(step)\n",
+        "        g = covariance_cotangent(step)\n",
+        "the DP recovery report's gradient of λE[h] drops the factor λ (G_t of E[h] alone)",
+        ("recovery_gradient", "dp_matches_enumeration", "robustness_bound"),
     ),
     # ---------------------------------------------------------------- _recovery
     Mutant(
@@ -277,7 +285,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- _training
     Mutant(
         "second_order_ratio_missing_2",
-        "toysim/_training.py",
+        "toysim/_equilibrium.py",
         "    ratio = jnp.where(info > 0, 2.0 * d / (lam2 * jnp.where(info > 0, info, 1.0)), jnp.nan)\n",
         "    ratio = jnp.where(info > 0, d / (lam2 * jnp.where(info > 0, info, 1.0)), jnp.nan)\n",
         "second_order_ratio D_t / (λ² I_t) without the factor 2",
@@ -293,6 +301,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "REINFORCE baseline is the mean over all samples, the sample itself included (biased)",
         ("sampling",),
         LAW,
+    ),
+    Mutant(
+        "spillover_counts_open_prefixes",
+        "toysim/_training.py",
+        "            jnp.sum(jnp.where(masks[t], jnp.exp(levels.log_prefix[t]) * xlogy_kl(lc, lb), 0.0))\n",
+        "            jnp.sum(jnp.where(~masks[t], jnp.exp(levels.log_prefix[t]) * xlogy_kl(lc, lb), 0.0))\n",
+        "spillover sums the KL of the prefixes where the harm is still open instead of the determined ones",
+        ("spillover",),
     ),
     # ---------------------------------------------------------------- _report
     Mutant(

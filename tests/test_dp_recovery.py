@@ -13,6 +13,7 @@ import toysim
 from proofs_check.strategies import markov_automaton_instances
 from tests.tolerances import IDENTITY, assert_close
 from toysim import _recovery as rc
+from toysim import _reports
 from toysim._cli import main
 from toysim._enumerate import levels_from_log_cond, log_cond_untied
 
@@ -34,12 +35,12 @@ def enumeration_deep(inst, recovery, mu, gamma, q_logits=None):
     plain = toysim.covariance_gradient(policy, params, base, toysim.harm_martingale(base, h))
     return {
         "recovery_penalty": float(rc.recovery_penalty(base, spec)),
-        "plain_harm": [inst.lam * n for n in rc._norms(plain)],
-        "recovery_closed_form": rc._norms(rc.recovery_gradient(policy, params, spec)),
-        "recovery_autodiff": rc._norms(
-            rc.gradient_by_position(policy, params, base, h, inst.lam, spec, terms="recovery")
+        "plain_harm": [inst.lam * n for n in _reports._norms(plain)],
+        "recovery_closed_form": _reports._norms(rc.recovery_gradient(policy, params, spec)),
+        "recovery_autodiff": _reports._norms(
+            toysim.deep_gradient_by_position(policy, params, base, h, inst.lam, spec, terms="recovery")
         ),
-        "deep": rc._norms(rc.gradient_by_position(policy, params, base, h, inst.lam, spec)),
+        "deep": _reports._norms(toysim.deep_gradient_by_position(policy, params, base, h, inst.lam, spec)),
         "base": np.asarray(rc.attack_success(base, spec)),
         "standard": np.asarray(rc.attack_success(rc.standard_optimum(base, h, inst.lam), spec)),
         "gibbs": np.asarray(rc.attack_success(rc.gibbs_policy(base, spec), spec)),

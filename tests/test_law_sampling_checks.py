@@ -15,7 +15,7 @@ import pytest
 import toysim
 from proofs_check import sampling, second_order_law
 from proofs_check.strategies import make_policy
-from toysim._training import second_order_ratio
+from toysim import second_order_ratio
 
 from .reference import harm_information, tilt_kl_by_position
 

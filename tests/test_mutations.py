@@ -40,6 +40,8 @@ LIBRARY_MODULES = (
     "_training",
     "_sampling",
     "_analysis",
+    "_objectives",
+    "_reports",
 )
 
 

@@ -86,12 +86,12 @@ def test_quantities_match_brute_force(case):
     harm = sum(p * h_of[y] for y, p in probs.items())
     levels = toysim.forward(policy, theta)
     assert_close(rc.recovery_penalty(levels, spec), penalty, what="recovery penalty")
-    value = rc.deep_objective(policy, theta, base, jnp.asarray(h), inst.lam, spec)
+    value = toysim.deep_objective(policy, theta, base, jnp.asarray(h), inst.lam, spec)
     assert_close(value, inst.lam * harm + penalty + kl, what="L_deep")
 
     # per-position gradients add up to jax.grad, which matches a central difference
-    total = jax.grad(rc.deep_objective, argnums=1)(policy, theta, base, jnp.asarray(h), inst.lam, spec)
-    parts = rc.gradient_by_position(policy, theta, base, jnp.asarray(h), inst.lam, spec)
+    total = jax.grad(toysim.deep_objective, argnums=1)(policy, theta, base, jnp.asarray(h), inst.lam, spec)
+    parts = toysim.deep_gradient_by_position(policy, theta, base, jnp.asarray(h), inst.lam, spec)
     summed = jax.tree_util.tree_map(lambda *xs: sum(xs), *parts)
     for a, b in zip(jax.tree_util.tree_leaves(summed), jax.tree_util.tree_leaves(total)):
         assert_close(a, b, what="Σ_t per-position gradient")
@@ -103,8 +103,8 @@ def test_quantities_match_brute_force(case):
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(theta), leaves)
 
     fd = (
-        rc.deep_objective(policy, shift(1), base, jnp.asarray(h), inst.lam, spec)
-        - rc.deep_objective(policy, shift(-1), base, jnp.asarray(h), inst.lam, spec)
+        toysim.deep_objective(policy, shift(1), base, jnp.asarray(h), inst.lam, spec)
+        - toysim.deep_objective(policy, shift(-1), base, jnp.asarray(h), inst.lam, spec)
     ) / (2 * FD_STEP)
     assert_close(
         fd, jax.tree_util.tree_leaves(total)[-1][(0,) * leaf.ndim], FINITE_DIFFERENCE, "finite difference"
@@ -164,12 +164,12 @@ def test_train_deep_stops_at_the_gradient_tolerance():
     jail = toysim.forward(policy, policy.init(jax.random.key(4), scale=1.0))
     spec = rc.recovery_spec(2, [0], rc.policy_prefix_marginals(jail), mu=1.5, gamma=0.5)
     h = jnp.asarray([0.0, 1.0, 0.0, 1.0])
-    levels, result = rc.train_deep(base, h, 0.0, spec, objective="separable", steps=300, tol=1e-13)
+    levels, result = toysim.train_deep(base, h, 0.0, spec, objective="separable", steps=300, tol=1e-13)
     assert result.grad_norms[-1] <= 1e-13 and result.steps[-1] < 300
     assert result.steps == list(range(len(result.steps)))  # recorded at every step
     # Q has full support here (no tiny Q(p)), so the Gibbs form holds at every prefix
     assert rc.gibbs_gap(levels, base, spec) <= 1e-9
-    _, fixed = rc.train_deep(base, h, 0.0, spec, objective="separable", steps=5)
+    _, fixed = toysim.train_deep(base, h, 0.0, spec, objective="separable", steps=5)
     assert fixed.steps == [0, 5]
 
 

@@ -20,9 +20,9 @@ from proofs_check import kl_variance, second_order_law, spillover, training_conv
 from proofs_check.strategies import BINARY_HARM_KINDS, small_instances
 from tests import reference
 from tests.tolerances import IDENTITY, assert_close
+from toysim import alignment_loss, second_order_ratio, spillover_by_position, train_alignment
 from toysim._cli import main
 from toysim._optimize import Objective, certify, minimize
-from toysim._training import alignment_loss, second_order_ratio, spillover_by_position, train_alignment
 
 
 def _h(inst):
@@ -361,9 +361,9 @@ def test_kl_clamp_keeps_the_training_objectives_derivatives():
 
     for params in (params0, jax.tree_util.tree_map(lambda x: x + 0.3, params0)):
         flat, unravel = jax.flatten_util.ravel_pytree(params)
-        h_lib = jax.hessian(lambda x: library(unravel(x)))(flat)
-        h_ref = jax.hessian(lambda x: plain(unravel(x)))(flat)
+        h_lib = jax.hessian(lambda x, u=unravel: library(u(x)))(flat)
+        h_ref = jax.hessian(lambda x, u=unravel: plain(u(x)))(flat)
         assert_close(h_lib, h_ref, what="Hessian of the alignment objective")
         assert_close(
-            jax.grad(lambda x: library(unravel(x)))(flat), jax.grad(lambda x: plain(unravel(x)))(flat)
+            jax.grad(lambda x, u=unravel: library(u(x)))(flat), jax.grad(lambda x, u=unravel: plain(u(x)))(flat)
         )

@@ -10,6 +10,7 @@ See docs/theory.md for the mathematics and the README for the command line.
 
 from . import teaching as teaching
 from ._analysis import Analysis as Analysis
+from ._analysis import analyze as analyze
 from ._dp import ProductEngine as ProductEngine
 from ._dp import automaton_arrays as automaton_arrays
 from ._dp import dp_analyze as dp_analyze
@@ -19,7 +20,6 @@ from ._dp_recovery import DPAttack as DPAttack
 from ._dp_recovery import DPDeep as DPDeep
 from ._dp_recovery import DPRecoveryGradients as DPRecoveryGradients
 from ._dp_recovery import dp_deep_arrays as dp_deep_arrays
-from ._dp_recovery import dp_deep_report as dp_deep_report
 from ._enumerate import Levels as Levels
 from ._enumerate import backward as backward
 from ._enumerate import forward as forward
@@ -27,9 +27,8 @@ from ._enumerate import levels_from_log_cond as levels_from_log_cond
 from ._enumerate import log_backward as log_backward
 from ._enumerate import shard_prefixes as shard_prefixes
 from ._equilibrium import Equilibrium as Equilibrium
-from ._equilibrium import kl_by_position as kl_by_position
 from ._equilibrium import log_partition as log_partition
-from ._equilibrium import sequence_kl as sequence_kl
+from ._equilibrium import second_order_ratio as second_order_ratio
 from ._equilibrium import tilt as tilt
 from ._equilibrium import tilt_kl_by_position as tilt_kl_by_position
 from ._gradient import autodiff_gradient as autodiff_gradient
@@ -71,6 +70,12 @@ from ._memory import check_fits as check_fits
 from ._memory import dp_check_fits as dp_check_fits
 from ._memory import dp_estimate_bytes as dp_estimate_bytes
 from ._memory import estimate_bytes as estimate_bytes
+from ._objectives import alignment_loss as alignment_loss
+from ._objectives import deep_objective as deep_objective
+from ._objectives import gradient_by_position as deep_gradient_by_position
+from ._objectives import kl_by_position as kl_by_position
+from ._objectives import separable_objective as separable_objective
+from ._objectives import sequence_kl as sequence_kl
 from ._optimize import Certificate as Certificate
 from ._optimize import Objective as Objective
 from ._optimize import OptimizeResult as OptimizeResult
@@ -89,12 +94,9 @@ from ._recovery import attack_length as attack_length
 from ._recovery import attack_success as attack_success
 from ._recovery import augmentation_samples as augmentation_samples
 from ._recovery import augmentation_variance as augmentation_variance
-from ._recovery import deep_objective as deep_objective
-from ._recovery import deep_report as deep_report
 from ._recovery import gibbs_gap as gibbs_gap
 from ._recovery import gibbs_policy as gibbs_policy
 from ._recovery import gibbs_recovery as gibbs_recovery
-from ._recovery import gradient_by_position as deep_gradient_by_position
 from ._recovery import guaranteed_recovery as guaranteed_recovery
 from ._recovery import harmful_log_marginals as harmful_log_marginals
 from ._recovery import harmful_prefix_marginals as harmful_prefix_marginals
@@ -109,23 +111,21 @@ from ._recovery import recovery_mask as recovery_mask
 from ._recovery import recovery_penalty as recovery_penalty
 from ._recovery import recovery_spec as recovery_spec
 from ._recovery import robustness_bound as robustness_bound
-from ._recovery import separable_objective as separable_objective
 from ._recovery import sequence_prefix_marginals as sequence_prefix_marginals
 from ._recovery import standard_optimum as standard_optimum
-from ._recovery import train_deep as train_deep
-from ._report import analyze as analyze
-from ._report import exact_report as exact_report
+from ._reports import deep_report as deep_report
+from ._reports import dp_deep_report as dp_deep_report
+from ._reports import exact_report as exact_report
+from ._reports import training_report as training_report
 from ._sampling import exact_gradients as exact_gradients
 from ._sampling import reinforce_gradients as reinforce_gradients
 from ._sampling import sample_sequences as sample_sequences
 from ._sampling import sampling_versus_exact as sampling_versus_exact
 from ._training import TrainingResult as TrainingResult
-from ._training import alignment_loss as alignment_loss
 from ._training import policy_log_probs as policy_log_probs
-from ._training import second_order_ratio as second_order_ratio
 from ._training import spillover_by_position as spillover_by_position
 from ._training import train_alignment as train_alignment
-from ._training import training_report as training_report
+from ._training import train_deep as train_deep
 from ._types import Policy as Policy
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ and what the autodiff reference is: a :class:`Parameterisation` says it (``TreeG
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -22,11 +23,12 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from ._engine import Step, expectation, log_expectation, maximum, minimum
+from ._enumerate import forward
 from ._equilibrium import tilt_kl_term, tilt_leaf
-from ._gradient import covariance_cotangent
+from ._gradient import TreeGradients, covariance_cotangent
 from ._horizon import horizon_term, uniform_horizon
 from ._martingale import harm_variance, information_term
-from ._types import PyTree
+from ._types import Policy, PyTree
 
 
 class Analysis(NamedTuple):
@@ -181,3 +183,28 @@ def analysis(
         log_partition=log_z,
         gradient=gradient,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("policy",))
+def analyze(policy: Policy, params: PyTree, h: Array, lam: float | Array) -> Analysis:
+    """Exact analysis of a policy and a harm table on the prefix tree.
+
+    :func:`toysim._analysis.analysis` on the tree engine (``toysim.forward``).
+
+    Args:
+      policy: a policy object (static).
+      params: its parameters.
+      h: leaf harms, shape ``(V**T,)``, in ``[0, 1]``.
+      lam: ``λ > 0`` for the equilibrium tilt.
+
+    Returns:
+      :class:`Analysis`.
+
+    Example:
+      >>> policy = TabularPolicy(2, 2)
+      >>> a = analyze(policy, policy.init(jax.random.key(0)), jnp.array([0.0, 0.0, 1.0, 1.0]), 1.0)
+      >>> float(a.harm_information[1])  # decided by the first token
+      0.0
+    """
+    levels = forward(policy, params)
+    return analysis(levels, TreeGradients(policy, params, levels, h), h, lam)

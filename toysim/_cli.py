@@ -52,7 +52,7 @@ def _enable_float64() -> None:
 
 def _cmd_exact(args) -> int:
     from ._instance import load
-    from ._report import exact_report
+    from ._reports import exact_report
 
     instance = load(args.instance)
     write_json(exact_report(instance, engine=args.engine), args.compact)

@@ -29,9 +29,9 @@ def _dp_applies(instance, jailbroken) -> bool:
 
 
 def _cmd_deep(args) -> int:
-    from ._dp_recovery import dp_deep_report
     from ._instance import load
-    from ._recovery import _check_weights, check_attack_setting, deep_report
+    from ._recovery import _check_weights, check_attack_setting
+    from ._reports import deep_report, dp_deep_report
 
     # the settings' own ranges first, in seconds, before reading or computing anything
     _check_weights(args.mu, args.gamma)

@@ -49,7 +49,8 @@ def _cmd_train(args) -> int:
     from ._harms import harm_values
     from ._instance import load
     from ._memory import check_fits
-    from ._training import train_alignment, training_report
+    from ._reports import training_report
+    from ._training import train_alignment
 
     if args.steps < 1:
         raise ValueError(f"--steps must be an integer >= 1, got {args.steps}")

@@ -21,34 +21,24 @@ it would need an optimiser over the ``(V + 1) V`` logits per position, not a clo
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
 from ._analysis import backward_stage
-from ._dp import Automaton, ProductEngine, automaton_arrays, check_markov
+from ._dp import Automaton, ProductEngine
 from ._engine import MarkovKernel
 from ._gradient import covariance_cotangent
 from ._horizon import uniform_horizon
-from ._memory import dp_deep_check_fits
 from ._recovery import (
-    _check_weights,
     attack_curves,
-    attack_length,
-    check_attack_setting,
-    guaranteed_recovery,
     harmful_log_marginals,
     log_recovery,
     min_log_recovery,
     penalty,
     recovery_cotangent,
-    recovery_mask,
-    sigmoid,
 )
 
 
@@ -186,106 +176,3 @@ def dp_deep_arrays(
 
 # ---------------------------------------------------------------------------------------------
 # The report.
-
-
-def dp_deep_report(
-    instance: Any,
-    recovery: Sequence[int],
-    *,
-    mu: float = 1.0,
-    gamma: float = 1.0,
-    q: str = "harmful",
-    jailbroken: Any = None,
-    delta: float | None = None,
-) -> dict:
-    """docs/theory.md §8-9 for a first-order Markov ``π_0`` and an automaton harm, any horizon.
-
-    The DP counterpart of :func:`toysim.deep_report` (``toysim deep --engine dp``). Same keys for
-    the per-position gradient norms, ``p_min``, the robustness bound, the attack length and the
-    attack curves of the base and standard-aligned policies; the deep-aligned curve is the
-    Gibbs-form policy's (key ``gibbs``), and there is no trained optimum (no ``gibbs_gap``).
-
-    Args:
-      instance: a :class:`toysim.Instance` with a first-order :class:`toysim.MarkovPolicy` and an
-        automaton harm.
-      recovery: recovery tokens ``R``.
-      mu: ``μ > 0``.
-      gamma: ``γ ∈ (0, 1]``.
-      q: ``"harmful"`` or ``"jailbroken"`` (then ``jailbroken`` is an instance whose first-order
-        Markov policy gives ``Q``).
-      delta: if given, report ``t_attack(δ)`` [Cor 23].
-
-    Raises:
-      ValueError: naming the setting for bad input, or when the arrays would not fit in memory.
-    """
-    policy = instance.policy
-    check_markov(policy)
-    V, T, lam = policy.vocab_size, policy.horizon, float(instance.lam)
-    aut = automaton_arrays(instance.harm, V)
-    dp_deep_check_fits(V, T, int(aut.transitions.shape[0]))
-    logits = jnp.asarray(instance.params.logits, dtype=jnp.float64)
-    q_logits = None
-    if q == "jailbroken":
-        if jailbroken is None:
-            raise ValueError("q = jailbroken needs a jailbroken policy file")
-        jp = jailbroken.policy
-        try:
-            check_markov(jp)
-        except ValueError as err:
-            raise ValueError(f"q jailbroken policy: {err}") from None
-        if (jp.vocab_size, jp.horizon) != (V, T):
-            raise ValueError(
-                f"q jailbroken policy has vocab_size {jp.vocab_size}, horizon {jp.horizon}; expected {V}, {T}"
-            )
-        q_logits = jnp.asarray(jailbroken.params.logits, dtype=jnp.float64)
-    elif q != "harmful":
-        raise ValueError(f"q must be 'harmful' or 'jailbroken', got {q!r}")
-    mu, gamma = _check_weights(mu, gamma)
-    if delta is not None:  # before the passes: a bad δ fails in a second
-        check_attack_setting(delta, gamma)
-    mask_np = recovery_mask(recovery, V)
-    discounts_np = mu * gamma ** np.arange(T, dtype=np.float64)
-    mask, discounts = jnp.asarray(mask_np), jnp.asarray(discounts_np)
-    out = jax.device_get(dp_deep_arrays(logits, aut, jnp.float64(lam), mask, discounts, T, q_logits))
-    if not out.q_mass > 0:
-        raise ValueError("q = harmful (π_0 conditioned on harm) has no mass: E_0[h] = 0")
-    grads, attack = out.gradients, out.attack
-    k = int(out.uniform_horizon)
-
-    log_p_min = float(out.log_p_min)  # finite where p_min underflows (logits ±700)
-    p_min = float(np.exp(log_p_min))
-    t_attack = None if delta is None else attack_length(delta, p_min, mu, gamma, log_p_min=log_p_min)
-    # σ(logit π_0(R|x) + μγ^{t−1}) at the states Q reaches before position t [Thm 20]; σ is
-    # increasing, so the minimum over states is σ of the smallest logit plus the position's weight
-    lowest = np.asarray(out.lowest_logit_by_position)
-    gibbs = sigmoid(lowest + discounts_np)
-    gibbs_min = [float(g) if np.isfinite(x) else None for g, x in zip(gibbs, lowest)]
-    return {
-        "engine": "dp",
-        "vocab_size": V,
-        "horizon": T,
-        "lambda": lam,
-        "recovery": [int(i) for i in np.flatnonzero(mask_np)],
-        "mu": mu,
-        "gamma": gamma,
-        "q": q,
-        "uniform_horizon": k,
-        "recovery_penalty": float(out.penalty),
-        "gradient_norm_by_position": {
-            "plain_harm": grads.plain_harm.tolist(),
-            "deep": grads.deep.tolist(),
-            "recovery_closed_form": grads.recovery_closed_form.tolist(),
-            "recovery_autodiff": grads.recovery_autodiff.tolist(),
-        },
-        "recovery_autodiff_max_abs_error": float(grads.recovery_autodiff_max_abs_error),
-        "p_min": p_min,
-        "robustness_bound": float(guaranteed_recovery(p_min, mu, gamma, T, log_p_min=log_p_min)),
-        "gibbs_min_recovery_by_position": gibbs_min,
-        "delta": delta,
-        "attack_length": t_attack if t_attack is None or math.isfinite(t_attack) else None,
-        "attack_success": {
-            "base": attack.base.tolist(),
-            "standard": attack.standard.tolist(),
-            "gibbs": attack.gibbs.tolist(),
-        },
-    }

@@ -211,10 +211,3 @@ def log_backward(engine, log_leaf: Float[Array, " leaves"]) -> tuple[Array, ...]
 def level_weights(levels: Levels, t: int) -> Float[Array, "prefix vocab"]:
     """Joint probability ``P(p) π(v|p)`` of each edge from level ``t-1`` to ``t`` (``t >= 1``)."""
     return jnp.exp(levels.log_prefix[t]).reshape(levels.log_cond[t - 1].shape)
-
-
-def xlogy_kl(log_p: Array, log_q: Array, axis: int = -1) -> Array:
-    """``KL(p ‖ q) = Σ p (log p − log q)`` along ``axis`` with the rule ``0 · log 0 = 0``."""
-    p = jnp.exp(log_p)
-    diff = jnp.where(p > 0, log_p - log_q, 0.0)
-    return jnp.sum(p * diff, axis=axis)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -41,14 +41,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._engine import Kernel, Step, masked_log_expectation
-from ._enumerate import Levels, backward, forward, levels_from_log_cond, log_cond_untied
-from ._equilibrium import kl_by_position, tilt
-from ._gradient import covariance_gradient, pull_back_level
-from ._harms import harm_values
-from ._horizon import determined_masks, uniform_horizon
-from ._martingale import harm_martingale
-from ._optimize import Objective, OptimizeResult, minimize
-from ._policies import TabularPolicy
+from ._enumerate import Levels, backward, forward, levels_from_log_cond
+from ._equilibrium import tilt
+from ._gradient import pull_back_level
 from ._types import Policy, PyTree
 
 # Tolerance for a user-given Q: prefix marginals must sum to one and be consistent across lengths
@@ -323,75 +318,6 @@ def recovery_penalty(levels: Levels, spec: RecoverySpec) -> Array:
     return penalty(levels, spec.mask, _log_q(spec), jnp.asarray(spec.discounts))
 
 
-def _objective(levels: Levels, base: Levels, h: Array, lam: float, spec: RecoverySpec | None) -> Array:
-    """``λ E[h] + KL(π ‖ π_0)`` (+ the recovery term when ``spec`` is given), from levels."""
-    value = lam * jnp.sum(jnp.exp(levels.log_prefix[-1]) * h) + jnp.sum(kl_by_position(levels, base))
-    return value if spec is None else value + recovery_penalty(levels, spec)
-
-
-@functools.partial(jax.jit, static_argnames=("policy",))
-def deep_objective(
-    policy: Policy, params: PyTree, base: Levels, h: Float[Array, " leaves"], lam: float, spec: RecoverySpec
-) -> Array:
-    """``L_deep(θ) = λ E[h] + μ E_Q[Σ_t γ^{t−1}(1 − π_θ(R|y_<t))] + KL(π_θ ‖ π_0)`` (docs/theory.md §8).
-
-    The KL is the sequence KL, computed by the chain rule ``Σ_t E_{p~π_θ}[KL(π_θ(·|p) ‖ π_0(·|p))]``.
-
-    Args:
-      policy: the trained policy's family.
-      params: its parameters ``θ``.
-      base: ``π_0`` on the tree.
-      h: leaf harms ``(V**T,)``.
-      lam: ``λ >= 0``.
-      spec: the recovery data.
-
-    Returns:
-      The scalar objective, differentiable in ``params``.
-    """
-    return _objective(
-        levels_from_log_cond(log_cond_untied(policy, [params] * policy.horizon)), base, h, lam, spec
-    )
-
-
-@functools.partial(jax.jit, static_argnames=("policy", "terms"))
-def gradient_by_position(
-    policy: Policy,
-    params: PyTree,
-    base: Levels,
-    h: Float[Array, " leaves"],
-    lam: float,
-    spec: RecoverySpec | None,
-    *,
-    terms: str = "all",
-) -> tuple[PyTree, ...]:
-    """Per-position gradients of ``L_deep`` (or of the plain objective when ``spec`` is None).
-
-    Untied as in :func:`toysim.untied_autodiff_gradient`: reverse-mode derivative of the objective
-    with respect to each level's logits, pulled back through that level's parameterisation, so
-    that the ``T`` results add up to ``∇_θ L``.
-
-    Args:
-      terms: ``"all"`` (the whole objective) or ``"recovery"`` (the recovery term alone).
-
-    Returns:
-      ``T`` pytrees shaped like ``params``.
-    """
-    logits = tuple(policy.logits(params, t) for t in range(policy.horizon))
-
-    def objective(level_logits):
-        lv = levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in level_logits))
-        if terms == "recovery":
-            return recovery_penalty(lv, spec)
-        return _objective(lv, base, h, lam, spec)
-
-    cotangents = jax.grad(objective)(logits)
-    out = []
-    for t in range(policy.horizon):
-        _, vjp = jax.vjp(lambda theta, t=t: policy.logits(theta, t), params)
-        out.append(vjp(cotangents[t])[0])
-    return tuple(out)
-
-
 @functools.partial(jax.jit, static_argnames=("policy",))
 def recovery_gradient(policy: Policy, params: PyTree, spec: RecoverySpec) -> tuple[PyTree, ...]:
     """Closed form of the recovery term's per-position gradient: ``−μγ^{t−1} E_Q[∇π_θ(R | y_<t)]``.
@@ -429,91 +355,6 @@ def gibbs_policy(base: Levels, spec: RecoverySpec) -> Levels:
         jax.nn.log_softmax(lc + d * spec.mask, axis=-1) for lc, d in zip(base.log_cond, spec.discounts)
     )
     return levels_from_log_cond(log_cond)
-
-
-def separable_objective(
-    params: tuple[Array, ...], base: Levels, h: Float[Array, " leaves"], lam: float, spec: RecoverySpec
-) -> Array:
-    """The separable tabular objective for which the Gibbs form is exact (docs/theory.md §8, *ours*).
-
-    ``Σ_t Σ_p Q(p) [μγ^{t−1}(1 − π(R|p)) + KL(π(·|p) ‖ π_0(·|p))] + λ E_π[h]``: prefixes are weighted
-    by ``Q`` rather than by ``π``. With ``λ = 0`` the minimiser is the Gibbs form at every prefix
-    with ``Q(p) > 0``; with ``λ > 0`` at every such prefix past the harm horizon (there the harm
-    term's derivative with respect to the prefix's logits vanishes). At ``Q(p) = 0`` the objective
-    does not depend on the prefix's logits (flat).
-
-    Args:
-      params: tabular logits, ``T`` arrays ``(V**t, V)``.
-    """
-    levels = levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in params))
-    _, outside = log_recovery_probability(levels, spec.mask)
-    value = lam * jnp.sum(jnp.exp(levels.log_prefix[-1]) * h)
-    for t, (lc, blc) in enumerate(zip(levels.log_cond, base.log_cond)):
-        kl = jnp.sum(jnp.exp(lc) * (lc - blc), axis=-1)
-        value = value + jnp.sum(spec.q_prefix[t] * (spec.discounts[t] * jnp.exp(outside[t]) + kl))
-    return value
-
-
-def _all_log_softmax(params: tuple[Array, ...]) -> Array:
-    """Every ``log π(v|p)`` of tabular logits: the gauge map of :func:`train_deep`'s certificate."""
-    return jnp.concatenate([jnp.ravel(jax.nn.log_softmax(z, axis=-1)) for z in params])
-
-
-def train_deep(
-    base: Levels,
-    h: Float[Array, " leaves"],
-    lam: float,
-    spec: RecoverySpec,
-    *,
-    objective: str = "joint",
-    steps: int = 300,
-    optimizer: str = "auto",
-    callback: Callable | None = None,
-    tol: float = 0.0,
-) -> tuple[Levels, OptimizeResult]:
-    """Minimise ``L_deep`` (``"joint"``) or the separable objective over tabular policies.
-
-    Training starts at ``π_0`` (tabular logits ``log π_0(·|p)``) and uses
-    :func:`toysim._optimize.minimize` (default ``"auto"``: damped Newton up to 2000 parameters,
-    else L-BFGS). The record carries a :class:`toysim.Certificate` whose gauge is the softmax
-    shift of each row (and, for the separable objective, the rows of prefixes with ``Q(p) = 0``
-    that it does not see, cut as flat directions).
-
-    Args:
-      optimizer: ``"auto"``, ``"newton"``, ``"lbfgs"``, ``"adam"`` or ``"sgd"``.
-      tol: if ``> 0``, stop at the first step with ``‖∇L‖₂ <= tol`` (the gradient is then recorded,
-        and ``callback`` called, at every step). Once L-BFGS has reached a rounding-level
-        gradient, further steps use curvature pairs made of rounding noise and can move logits
-        that the objective barely determines (prefixes of tiny ``Q(p)``: ``|Δπ(R|p)| ≈ |g_p| / Q(p)``
-        for the separable objective), so a run to a tolerance is more precise than a fixed count.
-
-    Returns:
-      The trained policy's levels and the optimiser's record.
-
-    Raises:
-      ValueError: for an unknown ``objective`` (and from ``minimize`` for bad settings).
-    """
-    if objective not in ("joint", "separable"):
-        raise ValueError(f"objective must be 'joint' or 'separable', got {objective!r}")
-    horizon, vocab = base.horizon, base.vocab_size
-    policy = TabularPolicy(vocab, horizon)
-    h = jnp.asarray(h)
-    # Objective + args: one compiled optimiser step per shape, reused across calls.
-    loss = Objective(deep_objective, (policy,)) if objective == "joint" else Objective(separable_objective)
-    result = minimize(
-        loss,
-        tuple(base.log_cond),
-        args=(base, h, jnp.float64(lam), spec),
-        optimizer=optimizer,
-        steps=steps,
-        record_every=1 if tol > 0 else 0,
-        callback=callback,
-        progress=False,
-        tol=tol,
-        gauge=Objective(_all_log_softmax),
-    )
-    levels = levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in result.params))
-    return levels, result
 
 
 def gibbs_gap(
@@ -779,115 +620,3 @@ def augmentation_variance(levels: Levels, spec: RecoverySpec) -> float:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def _norms(grads) -> list[float]:
-    return [float(jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(g)))) for g in grads]
-
-
-def deep_report(
-    instance: Any,
-    recovery: Sequence[int],
-    *,
-    mu: float = 1.0,
-    gamma: float = 1.0,
-    q: str = "harmful",
-    jailbroken: Any = None,
-    steps: int = 300,
-    delta: float | None = None,
-) -> dict:
-    """Everything docs/theory.md §8-9 says about one instance, as a JSON-ready dict (``toysim deep``).
-
-    The instance's policy is ``π_0``. Gradients are taken in the instance's own parameterisation at
-    ``θ = θ_0``; optima are over all (tabular) policies: the standard-aligned one is the tilt, the
-    deep-aligned ones are trained by L-BFGS from ``π_0``.
-
-    Args:
-      instance: a :class:`toysim.Instance`.
-      recovery: recovery tokens ``R``.
-      mu: ``μ > 0``.
-      gamma: ``γ ∈ (0, 1]``.
-      q: ``"harmful"`` (``π_0`` conditioned on harm) or ``"jailbroken"`` (then ``jailbroken`` is an
-        :class:`toysim.Instance` whose policy gives ``Q``).
-      steps: L-BFGS steps for each trained optimum.
-      delta: if given, report ``t_attack(δ)`` [Cor 23] (needs ``p_min < δ < 1`` and ``γ < 1``).
-
-    Returns:
-      A dict of lists and floats.
-
-    Raises:
-      ValueError: naming the setting for bad input.
-    """
-    policy, params = instance.policy, instance.params
-    V, T, lam = policy.vocab_size, policy.horizon, float(instance.lam)
-    h = jnp.asarray(harm_values(instance.harm, V, T))
-    base = levels_from_log_cond(log_cond_untied(policy, [params] * T))
-    if q == "harmful":
-        q_prefix = harmful_prefix_marginals(base, h)
-    elif q == "jailbroken":
-        if jailbroken is None:
-            raise ValueError("q = jailbroken needs a jailbroken policy file")
-        jp = jailbroken.policy
-        if (jp.vocab_size, jp.horizon) != (V, T):
-            raise ValueError(
-                f"q jailbroken policy has vocab_size {jp.vocab_size}, horizon {jp.horizon}; expected {V}, {T}"
-            )
-        q_prefix = policy_prefix_marginals(levels_from_log_cond(log_cond_untied(jp, [jailbroken.params] * T)))
-    else:
-        raise ValueError(f"q must be 'harmful' or 'jailbroken', got {q!r}")
-    spec = recovery_spec(V, recovery, q_prefix, mu=mu, gamma=gamma)
-    masks = determined_masks(h, V, T)
-    k = int(uniform_horizon(masks))
-    log_p_min = min_log_recovery_probability(base, spec.mask)
-    p_min = float(np.exp(log_p_min))
-    t_attack = (
-        None if delta is None else attack_length(delta, p_min, spec.mu, spec.gamma, log_p_min=log_p_min)
-    )
-
-    plain = covariance_gradient(policy, params, base, harm_martingale(base, h))
-    separable, separable_run = train_deep(base, h, lam, spec, objective="separable", steps=steps)
-    joint, joint_run = train_deep(base, h, lam, spec, objective="joint", steps=steps)
-    standard = standard_optimum(base, h, lam)
-    inside, _ = log_recovery_probability(separable, spec.mask)
-    where = [np.asarray(x) > 0 for x in spec.q_prefix]
-    return {
-        "vocab_size": V,
-        "horizon": T,
-        "lambda": lam,
-        "recovery": [int(i) for i in np.flatnonzero(spec.mask)],
-        "mu": spec.mu,
-        "gamma": spec.gamma,
-        "q": q,
-        "uniform_horizon": k,
-        "gradient_norm_by_position": {
-            "plain_harm": [lam * n for n in _norms(plain)],
-            "deep": _norms(gradient_by_position(policy, params, base, h, lam, spec)),
-            "recovery_closed_form": _norms(recovery_gradient(policy, params, spec)),
-            "recovery_autodiff": _norms(
-                gradient_by_position(policy, params, base, h, lam, spec, terms="recovery")
-            ),
-        },
-        "certificates": {
-            "separable": separable_run.certificate.to_dict(),
-            "joint": joint_run.certificate.to_dict(),
-        },
-        "gibbs_gap": {
-            "separable_past_horizon": gibbs_gap(separable, base, spec, where=masks[:-1]),
-            "separable": gibbs_gap(separable, base, spec),
-            "joint": gibbs_gap(joint, base, spec),
-        },
-        "p_min": p_min,
-        "robustness_bound": robustness_bound(base, spec),
-        # where the Gibbs form is exact for any λ: prefixes with Q(p) > 0 past the horizon
-        "separable_min_recovery_past_horizon_by_position": [
-            float(np.min(np.exp(np.asarray(x))[w & np.asarray(m)])) if (w & np.asarray(m)).any() else None
-            for x, w, m in zip(inside, where, masks[:-1])
-        ],
-        "delta": delta,
-        "attack_length": t_attack,
-        "attack_success": {
-            "base": [float(x) for x in attack_success(base, spec)],
-            "standard": [float(x) for x in attack_success(standard, spec)],
-            "deep": [float(x) for x in attack_success(joint, spec)],
-        },
-    }

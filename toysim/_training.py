@@ -1,9 +1,10 @@
 """Exact KL-regularised alignment training (docs/theory.md §7).
 
 The objective ``L(θ) = λ E_{π_θ}[h] + KL(π_θ ‖ π_0)`` is computed exactly from the engine's forward
-pass: ``E[h]`` as a sum over leaves, the sequence KL by the chain rule as the per-position sum
-``Σ_t E_{p ~ π_θ}[KL(π_θ(·|p) ‖ π_0(·|p))]``. :func:`train_alignment` minimises it with the shared
-optax driver (:func:`toysim._optimize.minimize`), so a run is deterministic.
+pass (``toysim._objectives``). :func:`train_alignment` minimises it over a policy family,
+:func:`train_deep` minimises the deep objective ``L_deep`` (or the separable one) over tabular
+policies, both with the one driver (:func:`toysim._optimize.minimize`), so a run is deterministic
+and carries its convergence certificate.
 
 Over all policies the minimiser is the tilt ``π* ∝ π_0 e^{−λh}`` and ``L(π) = KL(π ‖ π*) − log Z_0``
 exactly, so for a tabular policy the distance to the equilibrium can be read off the loss. For
@@ -14,6 +15,7 @@ whose harm is already determined ("spillover", App. A); :func:`spillover_by_posi
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -21,13 +23,22 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._enumerate import Levels, forward, xlogy_kl
-from ._equilibrium import kl_by_position, sequence_kl, tilt
+from ._enumerate import Levels, forward, levels_from_log_cond
+from ._equilibrium import tilt
 from ._gradient import covariance_gradient, tree_sq_norm
-from ._horizon import determined_masks, uniform_horizon
+from ._horizon import determined_masks
 from ._martingale import harm_martingale
-from ._optimize import CERTIFY_TOL, Certificate, Objective, minimize
+from ._objectives import (
+    alignment_loss,
+    deep_objective,
+    kl_by_position,
+    separable_objective,
+    sequence_kl,
+    xlogy_kl,
+)
+from ._optimize import CERTIFY_TOL, Certificate, Objective, OptimizeResult, minimize
 from ._policies import TabularPolicy
+from ._recovery import RecoverySpec
 from ._types import Policy, PyTree
 
 
@@ -39,35 +50,6 @@ def _check_lambda(lam: Any) -> float:
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"lambda must be a finite number > 0, got {lam!r}")
     return value
-
-
-def alignment_loss(
-    policy: Policy, params: PyTree, base_levels: Levels, h: Float[Array, " leaves"], lam: float | Array
-) -> Array:
-    """The exact alignment objective ``L(θ) = λ E_{π_θ}[h] + KL(π_θ ‖ π_0)`` [Thm 14].
-
-    The KL is the chain-rule sum ``Σ_t E_{p ~ π_θ}[KL(π_θ(·|p) ‖ π_0(·|p))]`` over the prefix tree
-    (equal to the sequence-level KL), so the value and its gradient are exact.
-
-    Args:
-      policy: the policy object.
-      params: its parameters ``θ``.
-      base_levels: the reference policy on the tree, ``toysim.forward(policy0, params0)``.
-      h: leaf harms ``(V**T,)``.
-      lam: ``λ > 0`` (not validated here, so the function can be traced).
-
-    Returns:
-      The scalar ``L(θ)``; differentiable in ``params``.
-
-    Example:
-      >>> policy = TabularPolicy(2, 1)
-      >>> base = forward(policy, (jnp.zeros((1, 2)),))
-      >>> float(alignment_loss(policy, (jnp.zeros((1, 2)),), base, jnp.array([0.0, 1.0]), 2.0))
-      1.0
-    """
-    levels = forward(policy, params)
-    harm = jnp.sum(jnp.exp(levels.log_prefix[-1]) * h)
-    return lam * harm + jnp.sum(kl_by_position(levels, base_levels))
 
 
 class TrainingResult(NamedTuple):
@@ -226,106 +208,63 @@ def spillover_by_position(
     )
 
 
-def training_report(
-    policy: Policy,
-    base_params: PyTree,
+def _all_log_softmax(params: tuple[Array, ...]) -> Array:
+    """Every ``log π(v|p)`` of tabular logits: the gauge map of :func:`train_deep`'s certificate."""
+    return jnp.concatenate([jnp.ravel(jax.nn.log_softmax(z, axis=-1)) for z in params])
+
+
+def train_deep(
+    base: Levels,
     h: Float[Array, " leaves"],
     lam: float,
-    result: TrainingResult,
-) -> dict:
-    """JSON-ready summary of a training run against the closed-form equilibrium (§7).
+    spec: RecoverySpec,
+    *,
+    objective: str = "joint",
+    steps: int = 300,
+    optimizer: str = "auto",
+    callback: Callable | None = None,
+    tol: float = 0.0,
+) -> tuple[Levels, OptimizeResult]:
+    """Minimise ``L_deep`` (``"joint"``) or the separable objective over tabular policies.
 
-    Returns:
-      A dict with the certificate (``converged``, ``‖∇L‖``, bounds), the start and final loss, the
-      equilibrium loss ``−log Z_0``, per-position KL of the trained policy and ``D_t``,
-      ``KL(π_trained ‖ π*)``, the spillover (shared families only: for a tabular policy it is 0 by
-      theory and reported as ``None`` with a note) and the trajectory.
-    """
-    h = jnp.asarray(h)
-    base = forward(policy, base_params)
-    trained = forward(policy, result.params)
-    eq = tilt(base, h, lam)
-    masks = determined_masks(h, policy.vocab_size, policy.horizon)
-    k = int(uniform_horizon(masks))
-    kl_t = result.kl_by_position[-1]
-    if isinstance(policy, TabularPolicy):
-        # untied rows: a determined prefix gets zero gradient of E[h] and the tilt leaves it at π_0
-        # ([Thm 10]), so spillover is exactly 0 by theory; what training leaves there is rounding.
-        spill = {
-            "spillover_by_position": None,
-            "spillover_beyond_horizon": None,
-            "spillover_note": "tabular policy: spillover is exactly 0 by theory (untied rows, Thm 10)",
-        }
-    else:
-        spill = {
-            "spillover_by_position": np.asarray(
-                spillover_by_position(policy, result.params, base_params, h)
-            ).tolist(),
-            "spillover_beyond_horizon": float(np.sum(kl_t[k:])),
-        }
-    certificate = result.certificate
-    return {
-        "lambda": float(lam),
-        "converged": None if certificate is None else certificate.converged,
-        "certificate": None if certificate is None else certificate.to_dict(),
-        "start_loss": float(result.losses[0]),
-        "final_loss": float(result.losses[-1]),
-        "equilibrium_loss": float(-eq.log_partition[0][0]),
-        "kl_by_position": kl_t.tolist(),
-        "equilibrium_kl_by_position": np.asarray(eq.kl_by_position).tolist(),
-        "kl_to_equilibrium": float(sequence_kl(trained, eq.levels)),
-        "uniform_horizon": k,
-        **spill,
-        "final_gradient_norm": float(result.grad_norms[-1]),
-        "trajectory": [
-            {
-                "step": int(s),
-                "loss": float(loss),
-                "gradient_norm": float(g),
-                "kl_by_position": kl.tolist(),
-                "harm_gradient_norm_by_position": gn.tolist(),
-            }
-            for s, loss, g, kl, gn in zip(
-                result.steps,
-                result.losses,
-                result.grad_norms,
-                result.kl_by_position,
-                result.gradient_norm_by_position,
-            )
-        ],
-    }
-
-
-@jax.jit
-def second_order_ratio(
-    base_levels: Levels, h: Float[Array, " leaves"], lams: Float[Array, " sweep"]
-) -> tuple[Array, Array, Array]:
-    """``2 D_t(λ) / (λ² I_t⁽⁰⁾)`` over a sweep of ``λ``, from the closed-form tilt [Thm 14].
-
-    [Thm 14] says ``D_t = (λ²/2) I_t⁽⁰⁾ + O(λ³)``, so the ratio tends to 1 with ``|ratio − 1| =
-    O(λ)`` at every position with ``I_t⁽⁰⁾ > 0``.
+    Training starts at ``π_0`` (tabular logits ``log π_0(·|p)``) and uses
+    :func:`toysim._optimize.minimize` (default ``"auto"``: damped Newton up to 2000 parameters,
+    else L-BFGS). The record carries a :class:`toysim.Certificate` whose gauge is the softmax
+    shift of each row (and, for the separable objective, the rows of prefixes with ``Q(p) = 0``
+    that it does not see, cut as flat directions).
 
     Args:
-      base_levels: ``π_0`` on the tree.
-      h: leaf harms ``(V**T,)``.
-      lams: values of ``λ > 0``, shape ``(L,)``.
+      optimizer: ``"auto"``, ``"newton"``, ``"lbfgs"``, ``"adam"`` or ``"sgd"``.
+      tol: if ``> 0``, stop at the first step with ``‖∇L‖₂ <= tol`` (the gradient is then recorded,
+        and ``callback`` called, at every step). Once L-BFGS has reached a rounding-level
+        gradient, further steps use curvature pairs made of rounding noise and can move logits
+        that the objective barely determines (prefixes of tiny ``Q(p)``: ``|Δπ(R|p)| ≈ |g_p| / Q(p)``
+        for the separable objective), so a run to a tolerance is more precise than a fixed count.
 
     Returns:
-      ``(ratio (L, T), D (L, T), I⁽⁰⁾ (T,))``; the ratio is NaN where ``I_t⁽⁰⁾ = 0``.
+      The trained policy's levels and the optimiser's record.
 
-    Example:
-      >>> policy = TabularPolicy(2, 1)
-      >>> base = forward(policy, (jnp.zeros((1, 2)),))
-      >>> ratio, _, _ = second_order_ratio(base, jnp.array([0.0, 1.0]), jnp.array([1e-3]))
-      >>> round(float(ratio[0, 0]), 3)
-      1.0
+    Raises:
+      ValueError: for an unknown ``objective`` (and from ``minimize`` for bad settings).
     """
-    from ._martingale import harm_information
-
+    if objective not in ("joint", "separable"):
+        raise ValueError(f"objective must be 'joint' or 'separable', got {objective!r}")
+    horizon, vocab = base.horizon, base.vocab_size
+    policy = TabularPolicy(vocab, horizon)
     h = jnp.asarray(h)
-    info = harm_information(base_levels, harm_martingale(base_levels, h))
-    lams = jnp.asarray(lams)
-    d = jax.vmap(lambda lam: tilt(base_levels, h, lam).kl_by_position)(lams)  # one traced tilt for the sweep
-    lam2 = lams[:, None] ** 2
-    ratio = jnp.where(info > 0, 2.0 * d / (lam2 * jnp.where(info > 0, info, 1.0)), jnp.nan)
-    return ratio, d, info
+    # Objective + args: one compiled optimiser step per shape, reused across calls.
+    loss = Objective(deep_objective, (policy,)) if objective == "joint" else Objective(separable_objective)
+    result = minimize(
+        loss,
+        tuple(base.log_cond),
+        args=(base, h, jnp.float64(lam), spec),
+        optimizer=optimizer,
+        steps=steps,
+        record_every=1 if tol > 0 else 0,
+        callback=callback,
+        progress=False,
+        tol=tol,
+        gauge=Objective(_all_log_softmax),
+    )
+    levels = levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in result.params))
+    return levels, result
