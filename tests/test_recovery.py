@@ -309,7 +309,7 @@ def test_cli_jailbroken_shape_mismatch(tmp_path, capsys):
 # and their realistic negative controls (proofs_check/recovery_reference.py)
 
 from proofs_check import attack_length as attack_check  # noqa: E402
-from proofs_check import gibbs_form, prefill_attack, robustness_bound  # noqa: E402
+from proofs_check import deep_cases, gibbs_form, prefill_attack, robustness_bound  # noqa: E402
 from proofs_check import recovery_reference as ref_mod  # noqa: E402
 from proofs_check.recovery_cases import shallow_harms  # noqa: E402
 
@@ -394,7 +394,7 @@ def _deep_case(q="harmful"):
     inst = toysim.Instance(
         policy, policy.init(jax.random.key(5), scale=1.0), toysim.deadline_harm(2, [1], 2), 1.0
     )
-    return gibbs_form.DeepCase(inst, (0,), 1.5, 0.6, q, 7)
+    return deep_cases.DeepCase(inst, (0,), 1.5, 0.6, q, 7)
 
 
 @pytest.mark.parametrize(
