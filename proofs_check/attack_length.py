@@ -19,9 +19,10 @@ Residual: the largest of those reference differences and of ``|g(t_attack) − �
 ``max(0, g(t) − δ)`` on a grid of ``t > t_attack`` and ``max(0, g(t) − m_t)`` for ``t = 1..T``,
 over three values of ``δ`` spread over ``(p_min, 1)``.
 
-Inputs: the random instances of gibbs_form.py with ``γ ∈ [0.3, 0.95]`` (``t_attack`` needs
-``γ < 1``). ``m_t`` is evaluated as ``min_p (π_trained(R|p) + ε_p)``, with the exact gradient
-certificate ``ε_p ≥ |π_trained(R|p) − π*(R|p)|`` of gibbs_form.py.
+Inputs: the random instances of gibbs_form.py (:func:`proofs_check.deep_cases.deep_cases`) with
+``γ ∈ [0.3, 0.95]`` (``t_attack`` needs ``γ < 1``). ``m_t`` is evaluated as
+``min_p (π_trained(R|p) + ε_p)``, with the exact gradient certificate
+``ε_p ≥ |π_trained(R|p) − π*(R|p)|`` of gibbs_form.py (:func:`proofs_check.deep_cases.certificate`).
 
 Tolerance 1e-12: ``g`` is a closed form (rounding ~1e-16); beyond the certificate only rounding.
 """
@@ -36,7 +37,7 @@ import toysim
 
 from . import recovery_reference as ref
 from ._framework import Check
-from .gibbs_form import (
+from .deep_cases import (
     APPLIES_TO,
     TOLERANCE,
     certificate,
@@ -63,7 +64,7 @@ def compute(case):
     p_min = toysim.min_recovery_probability(s.base, spec.mask)
     ref_p_min = ref.min_recovery(r.logits, case.recovery)
     trained = reference_recovery(optimum(case, "separable", lam_zero=True), case.recovery)
-    eps = certificate(case, lam_zero=True)  # |π_trained − π*| ≤ ε_p (gibbs_form.py)
+    eps = certificate(case, lam_zero=True)  # |π_trained − π*| ≤ ε_p (deep_cases.py)
     m = np.array([np.min((x + e)[w]) if w.any() else np.inf for x, e, w in zip(trained, eps, r.support)])
     deltas = [ref_p_min + f * (1.0 - ref_p_min) for f in DELTA_FRACTIONS]
     positions = np.arange(1, spec.horizon + 1)

@@ -32,7 +32,7 @@ import toysim
 
 from . import recovery_reference as ref
 from ._framework import Check
-from .recovery_gradient import recovery_cases
+from .recovery_cases import recovery_cases
 
 NUM_SAMPLES = 100_000
 SHAPES = (("tabular", 2, 3), ("markov1", 3, 2))

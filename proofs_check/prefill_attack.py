@@ -39,7 +39,7 @@ residual above it counts as a failure: the residual adds ``1`` to the excess), a
 agree only to rounding). Inputs draw their harm from :mod:`proofs_check.recovery_cases`:
 ``k_h < T`` in most inputs, so the depths past the horizon are not empty.
 
-Inputs: :func:`proofs_check.gibbs_form.joint_cases` (random ``V = 2, T = 3`` instances).
+Inputs: :func:`proofs_check.deep_cases.joint_cases` (random ``V = 2, T = 3`` instances).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import toysim
 
 from . import recovery_reference as ref
 from ._framework import Check
-from .gibbs_form import joint_cases, optimum, reference, solved
+from .deep_cases import joint_cases, optimum, reference, solved
 
 MARGIN = 1e-9
 REFERENCE_TOLERANCE = 1e-12

@@ -1,4 +1,9 @@
-"""Harms for the recovery and prefilling checks with a uniform horizon ``k < T`` in most draws.
+"""Inputs for the recovery and prefilling checks, with a uniform horizon ``k < T`` in most draws.
+
+Shared by recovery_gradient.py, augmentation.py, gibbs_form.py (through
+:mod:`proofs_check.deep_cases`) and tests/test_recovery.py: :func:`shallow_harms` (the harms) and
+:func:`recovery_cases` (whole ``(Instance, R, μ, γ)`` inputs of a few fixed shapes) live here, not
+in a check page, so that no check page imports another.
 
 The recovery checks test positions past the horizon ``k`` (where the plain gradient vanishes and
 only the recovery term acts, where the standard-aligned policy equals ``π_0``). With the shared
@@ -19,12 +24,14 @@ shared families.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from hypothesis import strategies as st
 
+import toysim
 from toysim import deadline_harm, first_decisive_harm, table_harm
 
-from .strategies import BINARY_HARM_KINDS, harms
+from .strategies import BINARY_HARM_KINDS, harms, make_policy
 
 SHALLOW_KINDS = ("deadline", "prefix_table", "decisive")
 AUTOMATON_SHALLOW_KINDS = ("deadline", "decisive")
@@ -53,3 +60,24 @@ def shallow_harms(draw, vocab_size: int, horizon: int, kinds=SHALLOW_KINDS):
     bits = (rng.uniform(size=vocab_size**depth) < draw(st.floats(0.2, 0.8))).astype(float)
     bits[rng.integers(0, bits.size)] = 1.0
     return table_harm(np.repeat(bits, vocab_size ** (horizon - depth)), vocab_size, horizon)
+
+
+# A few fixed shapes (policy kind, V, T): every new shape costs seconds of XLA compilation. The
+# first-order Markov shape is listed twice, so that half the inputs also exercise the DP engine.
+RECOVERY_SHAPES = (("tabular", 2, 3), ("markov1", 3, 3), ("markov1", 3, 3), ("markov2", 2, 3))
+
+
+@st.composite
+def recovery_cases(draw, shapes=RECOVERY_SHAPES):
+    """``(Instance, R, μ, γ)`` with a binary harm of positive mean under ``π_0`` (first-order
+    Markov policies get automaton harms, so that the DP engine applies)."""
+    kind, v, T = draw(st.sampled_from(shapes))
+    policy = make_policy(kind, v, T)
+    params = policy.init(
+        jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=draw(st.sampled_from([0.3, 1.0, 3.0]))
+    )
+    kinds = AUTOMATON_SHALLOW_KINDS if kind == "markov1" else SHALLOW_KINDS
+    harm = draw(shallow_harms(v, T, kinds).filter(lambda hm: bool(np.any(toysim.harm_values(hm, v, T) > 0))))
+    inst = toysim.Instance(policy, params, harm, draw(st.sampled_from([0.1, 1.0, 4.0])))
+    recovery = draw(st.lists(st.integers(0, v - 1), min_size=1, max_size=v - 1, unique=True))
+    return inst, recovery, draw(st.sampled_from([0.5, 2.0])), draw(st.sampled_from([0.5, 0.9, 1.0]))

@@ -28,8 +28,8 @@ brute force and the engine round differently, measured agreement ~1e-15). The ze
 sits far below the smallest true norm in these instances (V ≤ 3, logits of scale ≤ 3, ``μ ≥ 0.5``,
 ``γ ≥ 0.5``: above 1e-6) and far above rounding (1e-16).
 
-Inputs: harms from :mod:`proofs_check.recovery_cases` (``k < T`` in four draws of five, so the
-positions past the horizon are not empty). Applies to lookup parameterisations (tabular,
+Inputs: :func:`proofs_check.recovery_cases.recovery_cases` (harms with ``k < T`` in four draws of
+five, so the positions past the horizon are not empty). Applies to lookup parameterisations (tabular,
 Markov), where ``G̃_t ≠ 0`` is guaranteed: every context row receives a positive combination of
 the same non-zero vector.
 """
@@ -39,40 +39,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
 import toysim
 
 from . import recovery_reference as ref
 from ._framework import Check
-from .recovery_cases import AUTOMATON_SHALLOW_KINDS, SHALLOW_KINDS, shallow_harms
-from .strategies import make_policy, pad_automaton
+from .recovery_cases import recovery_cases
+from .strategies import pad_automaton
 
 ZERO_FLOOR = 1e-12
 TOLERANCE = 1e-10
 DP_STATES = 6  # automata padded to this many states: one DP compilation (shared with dp_engine)
-
-
-# A few fixed shapes (policy kind, V, T): every new shape costs seconds of XLA compilation. The
-# first-order Markov shape is listed twice, so that half the inputs also exercise the DP engine.
-SHAPES = (("tabular", 2, 3), ("markov1", 3, 3), ("markov1", 3, 3), ("markov2", 2, 3))
-
-
-@st.composite
-def recovery_cases(draw, shapes=SHAPES):
-    """``(Instance, R, μ, γ)`` with a binary harm of positive mean under ``π_0`` (first-order
-    Markov policies get automaton harms, so that the DP engine applies)."""
-    kind, v, T = draw(st.sampled_from(shapes))
-    policy = make_policy(kind, v, T)
-    params = policy.init(
-        jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=draw(st.sampled_from([0.3, 1.0, 3.0]))
-    )
-    kinds = AUTOMATON_SHALLOW_KINDS if kind == "markov1" else SHALLOW_KINDS
-    harm = draw(shallow_harms(v, T, kinds).filter(lambda hm: bool(np.any(toysim.harm_values(hm, v, T) > 0))))
-    inst = toysim.Instance(policy, params, harm, draw(st.sampled_from([0.1, 1.0, 4.0])))
-    recovery = draw(st.lists(st.integers(0, v - 1), min_size=1, max_size=v - 1, unique=True))
-    return inst, recovery, draw(st.sampled_from([0.5, 2.0])), draw(st.sampled_from([0.5, 0.9, 1.0]))
 
 
 def _flat(tree):

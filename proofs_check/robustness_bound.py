@@ -30,7 +30,7 @@ from ``policy.logits`` alone):
 
 Residual: the largest of those identity differences, the positive parts of the inequalities,
 and the tightness gaps. Inputs: the random instances of gibbs_form.py
-(:func:`proofs_check.gibbs_form.deep_cases`).
+(:func:`proofs_check.deep_cases.deep_cases`).
 
 Tolerance 1e-12: rounding (~1e-15) beyond the certificate; the bound is attained (residual ~1e-14
 measured without the certificate) where ``π_0(R|p) = p_min`` at a last-level prefix.
@@ -44,7 +44,7 @@ import toysim
 
 from . import recovery_reference as ref
 from ._framework import Check
-from .gibbs_form import (
+from .deep_cases import (
     APPLIES_TO,
     TOLERANCE,
     certificate,

@@ -32,7 +32,7 @@ from toysim import spillover_by_position
 
 from ._framework import Check
 from .strategies import small_instances
-from .training_convergence import train
+from .training_runs import train
 
 
 def compute(inst, optimizer="auto"):

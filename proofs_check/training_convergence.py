@@ -23,17 +23,13 @@ this check exists for are five orders and more above it: the L-BFGS stalls of is
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import toysim
-from toysim import train_alignment
 
 from ._framework import Check
 from .strategies import small_instances
-
-STEPS = 100
-GRAD_TOL = 1e-13  # stop once ‖∇L‖ <= 1e-13 (optimality gap ~1e-26); Newton checks every step
+from .training_runs import train
 
 
 @jax.jit
@@ -43,25 +39,6 @@ def _distances(trained, star, base):
         toysim.kl_by_position(trained, base),
         toysim.kl_by_position(star, base),
     )
-
-
-def train(inst, optimizer="auto"):
-    """Leaf harms and the training run from ``π_0`` used by the §7 training checks."""
-    policy = inst.policy
-    h = jnp.asarray(toysim.harm_values(inst.harm, policy.vocab_size, policy.horizon))
-    res = train_alignment(
-        policy,
-        None,
-        inst.params,
-        h,
-        inst.lam,
-        optimizer=optimizer,
-        steps=STEPS,
-        record_every=1 if optimizer in ("auto", "newton") else 10,
-        tol=GRAD_TOL,
-        progress=False,
-    )
-    return h, res
 
 
 def compute(inst):

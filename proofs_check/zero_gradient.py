@@ -37,7 +37,7 @@ import toysim
 from . import reference as ref
 from . import tolerances as tol
 from ._framework import Check
-from .horizon_equivalence import horizon_instances
+from .strategies import horizon_instances
 
 
 def _engine(inst):

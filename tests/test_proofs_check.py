@@ -7,10 +7,13 @@ module of ``proofs_check`` are included automatically. Budgets are smaller than 
 
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
 import functools
 import json
+import pathlib
+import pkgutil
 
 import hypothesis
 import jax
@@ -22,7 +25,14 @@ from hypothesis import strategies as st
 
 import toysim
 from proofs_check._framework import Check, instance_of
-from proofs_check._runner import discover, run_check, run_checks, tabular_instance, write_counterexample
+from proofs_check._runner import (
+    check_modules,
+    discover,
+    run_check,
+    run_checks,
+    tabular_instance,
+    write_counterexample,
+)
 from proofs_check.strategies import instances, make_policy, pad_automaton
 from tests.tolerances import assert_close
 from toysim._cli import main
@@ -449,3 +459,72 @@ def test_kl_variance_graded_exhibits_positive_kl_at_an_undetermined_zero_varianc
     closed = float(np.sum(star * np.log(star / q0)))
     assert closed > 1e-4
     assert abs(q["root_kl"] - closed) <= 1e-12
+
+
+def _check_pages() -> dict[str, ast.Module]:
+    """The modules of ``proofs_check`` that the runner would collect checks from (names not
+    starting with ``_``, not ``strategies``, with a top-level ``CHECKS``), parsed."""
+    import proofs_check
+
+    pages = {}
+    for info in pkgutil.iter_modules(proofs_check.__path__):
+        if info.name.startswith("_") or info.name == "strategies":
+            continue
+        tree = ast.parse(
+            pathlib.Path(proofs_check.__path__[0], f"{info.name}.py").read_text(encoding="utf-8")
+        )
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if any(isinstance(t, ast.Name) and t.id == "CHECKS" for t in targets):
+                pages[info.name] = tree
+    return pages
+
+
+def _imported_modules(tree: ast.Module) -> set[str]:
+    """``proofs_check`` submodules a module imports, anywhere in it (relative or absolute; for
+    ``from . import x`` and ``from proofs_check import x``, every ``x``)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("proofs_check.")}
+        elif isinstance(node, ast.ImportFrom):
+            if (
+                node.level == 1
+                or node.module == "proofs_check"
+                or (node.module or "").startswith("proofs_check.")
+            ):
+                base = (
+                    node.module
+                    if node.level == 0
+                    else f"proofs_check.{node.module}"
+                    if node.module
+                    else "proofs_check"
+                )
+                if base == "proofs_check":
+                    out |= {a.name for a in node.names}
+                else:
+                    out.add(base.split(".")[1])
+    return out
+
+
+def test_no_check_page_imports_another_check_page():
+    """A check module imports shared inputs, runs and references from modules without ``CHECKS``
+    (strategies, recovery_cases, deep_cases, training_runs, ...), never from another check module:
+    a page's cases are then not silently another page's fixtures."""
+    pages = _check_pages()
+    # the parse finds exactly the modules the runner collects checks from
+    assert set(pages) == {m for m in check_modules().values()}, sorted(pages)
+    crossings = {
+        name: sorted(m for m in _imported_modules(tree) if m in pages and m != name)
+        for name, tree in pages.items()
+    }
+    assert not {k: v for k, v in crossings.items() if v}, crossings
+
+
+def test_import_scan_sees_every_import_form():
+    """The scan of the test above reads relative, absolute and package imports, nested ones too."""
+    src = (
+        "from .a import x\nfrom . import b, c\nimport proofs_check.d\nfrom proofs_check import e\n"
+        "from proofs_check.f import y\ndef g():\n    from .h import z\nimport numpy\nfrom toysim import t\n"
+    )
+    assert _imported_modules(ast.parse(src)) == {"a", "b", "c", "d", "e", "f", "h"}

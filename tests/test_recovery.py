@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import toysim
 from proofs_check import recovery_gradient
+from proofs_check.recovery_cases import recovery_cases
 from tests import reference
 from tests.tolerances import FD_STEP, FINITE_DIFFERENCE, IDENTITY, assert_close
 from toysim import _recovery as rc
@@ -27,7 +28,7 @@ SHAPES = (("tabular", 2, 3), ("markov1", 3, 2))  # few shapes: each costs second
 
 @st.composite
 def cases(draw):
-    inst, recovery, mu, gamma = draw(recovery_gradient.recovery_cases(SHAPES))
+    inst, recovery, mu, gamma = draw(recovery_cases(SHAPES))
     theta = inst.policy.init(jax.random.key(draw(st.integers(0, 2**31 - 1))), scale=1.0)
     return inst, recovery, mu, gamma, theta
 
@@ -309,7 +310,7 @@ def test_cli_jailbroken_shape_mismatch(tmp_path, capsys):
 # and their realistic negative controls (proofs_check/recovery_reference.py)
 
 from proofs_check import attack_length as attack_check  # noqa: E402
-from proofs_check import gibbs_form, prefill_attack, robustness_bound  # noqa: E402
+from proofs_check import deep_cases, gibbs_form, prefill_attack, robustness_bound  # noqa: E402
 from proofs_check import recovery_reference as ref_mod  # noqa: E402
 from proofs_check.recovery_cases import shallow_harms  # noqa: E402
 
@@ -348,7 +349,7 @@ def test_reference_attack_search_matches_the_closed_form(p_min, mu, gamma, frac)
 
 
 @settings(max_examples=1)
-@given(st.lists(recovery_gradient.recovery_cases(), min_size=30, max_size=30))
+@given(st.lists(recovery_cases(), min_size=30, max_size=30))
 def test_recovery_inputs_have_positions_past_the_horizon(cases):
     """Not vacuous: most drawn inputs have k < T (positions past the horizon exist)."""
     shallow = 0
@@ -394,7 +395,7 @@ def _deep_case(q="harmful"):
     inst = toysim.Instance(
         policy, policy.init(jax.random.key(5), scale=1.0), toysim.deadline_harm(2, [1], 2), 1.0
     )
-    return gibbs_form.DeepCase(inst, (0,), 1.5, 0.6, q, 7)
+    return deep_cases.DeepCase(inst, (0,), 1.5, 0.6, q, 7)
 
 
 @pytest.mark.parametrize(
