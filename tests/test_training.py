@@ -365,5 +365,6 @@ def test_kl_clamp_keeps_the_training_objectives_derivatives():
         h_ref = jax.hessian(lambda x, u=unravel: plain(u(x)))(flat)
         assert_close(h_lib, h_ref, what="Hessian of the alignment objective")
         assert_close(
-            jax.grad(lambda x, u=unravel: library(u(x)))(flat), jax.grad(lambda x, u=unravel: plain(u(x)))(flat)
+            jax.grad(lambda x, u=unravel: library(u(x)))(flat),
+            jax.grad(lambda x, u=unravel: plain(u(x)))(flat),
         )
