@@ -52,6 +52,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "the tree's forward pass forgets the parent: log P(p·v) = log π(v|p) instead of log P(p) + log π(v|p)",
         ("harm_information", "covariance_gradient_sum"),
     ),
+    Mutant(
+        "log_partition_plain_log",
+        "toysim/_engine.py",
+        "    return top + jnp.log1p(kernel.mean(jnp.expm1(child - top[..., None])))\n",
+        "    return top + jnp.log(kernel.mean(jnp.exp(child - top[..., None])))\n",
+        "log Z in plain log/exp form: rounded to 1e-16 absolute, a relative error 1e-16/λ² in D_t",
+        ("second-order-law",),
+    ),
     # ---------------------------------------------------------------- _martingale
     Mutant(
         "martingale_uncentred_variance",
