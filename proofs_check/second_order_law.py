@@ -266,8 +266,9 @@ CHECKS = [
         r"+\tfrac{e^{\lambda}}{512}\big)+\tfrac{\lambda^5e^{2\lambda}}{768}",
         kind="theorem",
         tolerance=1.0,
-        tolerance_reason="every term is divided by its proven bound B_t(λ) or by the float64 floor "
-        "64ε(1+max|log π_0|) of the library's D_t",
+        tolerance_reason="every term is divided by its proven bound B_t(λ) or by a float64 floor: "
+        "λ·64ε(1+max|log π_0|) for the library's D_t (a difference of log Z values of size ≤ λ), "
+        "64ε(1+max|log π_0|) for I_t",
         instances=law_instances,
         compute=compute,
         residual=residual,
