@@ -77,8 +77,12 @@ def tilt_state_kl(kernel: Kernel, z_parent: Array, z_child: Array) -> Array:
 def tilt_kl_term(step: Step, log_z0: Array, pair: tuple | None = None) -> Array:
     """``D_t = Σ_x P*_{t−1}(x) KL(π*(·|x) ‖ π_0(·|x))``, ``P*(x) = P(x) Z_{t−1}(x) / Z_0``."""
     z_parent, z_child = step.pairs[0] if pair is None else pair
-    p_star = jnp.exp(step.log_p + z_parent - log_z0)
-    return jnp.sum(p_star * tilt_state_kl(step.kernel, z_parent, z_child))
+    return _tilted_average(step, log_z0, z_parent, tilt_state_kl(step.kernel, z_parent, z_child))
+
+
+def _tilted_average(step: Step, log_z0: Array, z_parent: Array, per_state: Array) -> Array:
+    """``Σ_x P*_{t−1}(x) f(x)`` with ``P*(x) = P(x) Z_{t−1}(x) / Z_0``."""
+    return jnp.sum(jnp.exp(step.log_p + z_parent - log_z0) * per_state)
 
 
 def tilt_kl_by_position(engine, log_z) -> Float[Array, " T"]:
@@ -109,7 +113,9 @@ def tilt(base: Levels, h: Float[Array, " leaves"], lam: float) -> Equilibrium:
     steps = [base.step(t, (log_z,)) for t in range(1, base.horizon + 1)]
     star = levels_from_log_cond([tilted_log_cond(s.kernel.log_cond, *s.pairs[0]) for s in steps])
     prefix_kl = tuple(tilt_state_kl(s.kernel, *s.pairs[0]) for s in steps)
-    return Equilibrium(star, log_z, tilt_kl_by_position(base, log_z), prefix_kl)
+    log_z0 = base.at_start(log_z)
+    kls = jnp.stack([_tilted_average(s, log_z0, s.pairs[0][0], kl) for s, kl in zip(steps, prefix_kl)])
+    return Equilibrium(star, log_z, kls, prefix_kl)
 
 
 @jax.jit
