@@ -52,8 +52,12 @@ def tilted_log_cond(log_cond: Array, z_parent: Array, z_child: Array) -> Array:
     """``log π*_t(v|x) = log π_0(v|x) + (log Z_t(x·v) − log Z_{t−1}(x))``.
 
     Parenthesised so that a state whose children share ``Z`` keeps ``log π* == log π_0`` exactly.
+    A state of weight zero (``log Z_{t−1}(x) = −inf``: every continuation has ``f = 0``, as below a
+    rejected prefix) cannot occur under the reweighted policy; its conditional is taken to be
+    ``π_0``'s (the convention of every reweighting, docs/theory.md §11).
     """
-    return log_cond + (z_child - z_parent[..., None])
+    dead = jnp.isneginf(z_parent)[..., None]
+    return jnp.where(dead, log_cond, log_cond + (z_child - jnp.where(dead, 0.0, z_parent[..., None])))
 
 
 def tilt_state_kl(kernel: Kernel, z_parent: Array, z_child: Array) -> Array:
@@ -69,7 +73,10 @@ def tilt_state_kl(kernel: Kernel, z_parent: Array, z_child: Array) -> Array:
     top = jnp.max(z_child, axis=-1)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
     rel = z_child - top[..., None]
-    kl = jnp.exp(top - z_parent) * kernel.mean(jnp.exp(rel) * rel) - (z_parent - top)
+    z_parent = jnp.where(jnp.isneginf(z_parent), top, z_parent)  # weight-zero state: no mass, KL 0
+    # children of weight zero (``rel = −inf``) add 0·(−inf) := 0, the rule 0 · log 0 = 0
+    kl = jnp.exp(top - z_parent) * kernel.mean(jnp.where(jnp.isneginf(rel), 0.0, jnp.exp(rel) * rel))
+    kl = kl - (z_parent - top)
     kl = kl + jax.lax.stop_gradient(jnp.maximum(kl, 0.0) - kl)
     return jnp.where(constant_children(z_child), 0.0, kl)
 
@@ -109,7 +116,21 @@ def tilt(base: Levels, h: Float[Array, " leaves"], lam: float) -> Equilibrium:
       >>> round(float(jnp.exp(eq.levels.log_cond[0][0, 1])), 6)  # e^-1 / (1 + e^-1)
       0.268941
     """
-    log_z = log_partition(base, h, lam)
+    return reweight(base, tilt_leaf(base, h, lam))
+
+
+def reweight(base: Levels, log_weight: Float[Array, " leaves"]) -> Equilibrium:
+    """The reweighted policy ``π(y) ∝ π_0(y) f(y)`` on the tree, from ``log f`` at every leaf.
+
+    The tilt is ``log f = −λh``; rejection sampling, best-of-N and the DPO and IPO population optima
+    are other weights (``toysim._methods``, docs/theory.md §11). ``log f = −inf`` (weight zero) is
+    allowed wherever some leaf keeps a positive weight: prefixes all of whose continuations have
+    weight zero keep ``π_0``'s conditionals (:func:`tilted_log_cond`).
+
+    Returns:
+      :class:`Equilibrium` with ``log_partition`` = ``log E_{π_0}[f | prefix]``.
+    """
+    log_z = base.backward((base.leaf(log_weight),), (log_expectation,))[0]
     steps = [base.step(t, (log_z,)) for t in range(1, base.horizon + 1)]
     star = levels_from_log_cond([tilted_log_cond(s.kernel.log_cond, *s.pairs[0]) for s in steps])
     prefix_kl = tuple(tilt_state_kl(s.kernel, *s.pairs[0]) for s in steps)

@@ -102,6 +102,18 @@ def alignment_loss(
     return lam * harm_expectation(levels, h) + jnp.sum(kl_by_position(levels, base_levels))
 
 
+def standard_loss(levels: Levels, base: Levels, h: Float[Array, " leaves"], lam) -> Array:
+    """``λ E[h] + KL(π ‖ π_0)`` of a policy on the tree (KL-regularised RL)."""
+    return lam * harm_expectation(levels, h) + jnp.sum(kl_by_position(levels, base))
+
+
+def recovery_objective(
+    levels: Levels, base: Levels, h: Float[Array, " leaves"], lam, spec: RecoverySpec
+) -> Array:
+    """``L_deep``: :func:`standard_loss` plus the recovery penalty (docs/theory.md §8)."""
+    return _objective(levels, base, h, lam, spec)
+
+
 def _objective(levels: Levels, base: Levels, h: Array, lam: float, spec: RecoverySpec | None) -> Array:
     """``λ E[h] + KL(π ‖ π_0)`` (+ the recovery term when ``spec`` is given), from levels."""
     value = lam * harm_expectation(levels, h) + jnp.sum(kl_by_position(levels, base))
@@ -192,3 +204,100 @@ def separable_objective(
         kl = xlogy_kl(lc, blc)  # 0 · log 0 = 0 where π(v|p) underflows
         value = value + jnp.sum(spec.q_prefix[t] * (spec.discounts[t] * jnp.exp(outside[t]) + kl))
     return value
+
+
+# ------------------------------------------------------------------ the methods of docs/theory.md §11
+
+
+def _leaf_log_ratio(levels: Levels, base: Levels) -> Array:
+    """``ρ(y) = log π(y) − log π_0(y)`` at every leaf."""
+    return levels.log_prefix[-1] - base.log_prefix[-1]
+
+
+def _pair_terms(levels: Levels, base: Levels, h: Array, beta_r) -> tuple[Array, Array, Array]:
+    """``(π_0(y) π_0(y'), P(y ≻ y'), ρ(y) − ρ(y'))`` over all ordered pairs of leaves."""
+    rho = _leaf_log_ratio(levels, base)
+    p0 = jnp.exp(base.log_prefix[-1])
+    weight = p0[:, None] * p0[None, :]
+    prefer = jax.nn.sigmoid(beta_r * (h[None, :] - h[:, None]))  # y (row) preferred to y' (column)
+    return weight, prefer, rho[:, None] - rho[None, :]
+
+
+def dpo_loss(levels: Levels, base: Levels, h: Float[Array, " leaves"], beta, beta_r) -> Array:
+    """The population DPO loss ``−E_{y,y'~π_0, label}[log σ(β(ρ(y_w) − ρ(y_l)))]`` (docs/theory.md §11).
+
+    Pairs are drawn from ``π_ref ⊗ π_ref`` with ``π_ref = π_0``; the first response wins with the
+    Bradley–Terry probability ``σ(β_r (h(y') − h(y)))``. Exact over all ``V^{2T}`` ordered pairs.
+    """
+    weight, prefer, margin = _pair_terms(levels, base, h, beta_r)
+    term = prefer * jax.nn.log_sigmoid(beta * margin) + (1.0 - prefer) * jax.nn.log_sigmoid(-beta * margin)
+    return -jnp.sum(weight * term)
+
+
+def ipo_loss(levels: Levels, base: Levels, h: Float[Array, " leaves"], beta, beta_r) -> Array:
+    """The population IPO loss ``E[(ρ(y_w) − ρ(y_l) − 1/(2β))²]`` on the pairs of :func:`dpo_loss`."""
+    weight, prefer, margin = _pair_terms(levels, base, h, beta_r)
+    target = 0.5 / beta
+    term = prefer * (margin - target) ** 2 + (1.0 - prefer) * (margin + target) ** 2
+    return jnp.sum(weight * term)
+
+
+def sft_loss(levels: Levels, base: Levels, data: Float[Array, " leaves"], kl_weight) -> Array:
+    """``−E_{y~D}[log π(y)] + α KL(π ‖ π_0)``: supervised fine-tuning on the distribution ``D``.
+
+    ``D`` (``data``, one probability per leaf) is, by default, ``π_0`` conditioned on a harmless
+    response; ``α = kl_weight >= 0``.
+    """
+    log_p = levels.log_prefix[-1]
+    cross = -jnp.sum(jnp.where(data > 0, data * log_p, 0.0))
+    return cross + kl_weight * jnp.sum(kl_by_position(levels, base))
+
+
+def token_wise_loss(levels: Levels, base: Levels, h: Float[Array, " leaves"], lam, betas: Array) -> Array:
+    """``λ E[h] + Σ_t β_t D_t``: the token-wise KL constraint (Qi et al.'s constrained objective,
+    as a penalty with one weight per position; docs/theory.md §11)."""
+    return lam * harm_expectation(levels, h) + jnp.sum(betas * kl_by_position(levels, base))
+
+
+def augmentation_loss(
+    levels: Levels, base: Levels, h: Float[Array, " leaves"], lam, spec: RecoverySpec
+) -> Array:
+    """``λ E[h] + KL(π ‖ π_0) + Σ_t μγ^{t−1} E_{x~Q_{t−1}}[−log π(R | x)]``: data augmentation in
+    exact population form (docs/theory.md §11).
+
+    Qi et al.'s augmentation trains by cross-entropy on recovery tokens after a harmful prefix of
+    random length; its population loss is the expectation over the prefix law ``Q`` and the cut
+    position, here with the recovery penalty's weights ``μγ^{t−1}`` (a uniform cut is ``γ = 1``).
+    """
+    inside, _ = log_recovery_probability(levels, spec.mask)
+    cross = sum(
+        spec.discounts[t] * jnp.sum(jnp.where(spec.q_prefix[t] > 0, -spec.q_prefix[t] * inside[t], 0.0))
+        for t in range(levels.horizon)
+    )
+    return lam * harm_expectation(levels, h) + jnp.sum(kl_by_position(levels, base)) + cross
+
+
+def per_token_penalty_gap(levels_fn, params: PyTree, base: Levels) -> tuple[PyTree, PyTree]:
+    """The gradient of the sequence KL and the per-token KL penalty's update direction at ``params``.
+
+    RL implementations often add ``Σ_t KL(π(·|y_<t) ‖ π_0(·|y_<t))`` to the loss with the prefixes
+    sampled from the current policy and not differentiated: their update direction is
+    ``Σ_t E_{x~π}[∇_θ KL_t(x)]``. The sequence KL's gradient adds the score term
+    ``Σ_t E_{x~π}[KL_t(x) ∇_θ log P(x)]`` (docs/theory.md §11).
+
+    Args:
+      levels_fn: ``params -> Levels`` (e.g. ``lambda p: forward(policy, p)``).
+
+    Returns:
+      ``(∇ KL(π ‖ π_0), per-token direction)``, pytrees like ``params``.
+    """
+
+    def sequence(theta):
+        return jnp.sum(kl_by_position(levels_fn(theta), base))
+
+    def per_token(theta):
+        levels = levels_fn(theta)
+        frozen = Levels(levels.log_cond, tuple(jax.lax.stop_gradient(x) for x in levels.log_prefix))
+        return jnp.sum(kl_by_position(frozen, base))
+
+    return jax.grad(sequence)(params), jax.grad(per_token)(params)

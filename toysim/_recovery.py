@@ -514,7 +514,7 @@ def attack_curves(engine, mask: Array, log_q, *, log_z=None, discounts=None) -> 
 
     * ``"policy"``: the engine's own policy, ``log N_{t−1}(x) = log Σ_{v ∉ R} π(v|x) N_t(x·v)``
       (:func:`toysim._engine.masked_log_expectation` from ``log N_T = 0``);
-    * ``"standard"`` (given ``log_z`` of the tilt): the tilt ``π*(v|x) = π(v|x) Z_t(x·v) / Z_{t−1}(x)``,
+    * ``"standard"`` (given ``log_z`` of the tilt, or of any reweighting ``π_0 f``): the tilt ``π*(v|x) = π(v|x) Z_t(x·v) / Z_{t−1}(x)``,
       ``log Σ_{v ∉ R} π(v|x) Z_t(x·v) N*_t(x·v) − log Z_{t−1}(x)``, so the tilted chain is never built;
     * ``"gibbs"`` (given ``discounts`` ``μγ^{t−1}``): the Gibbs form
       ``π^G_t(v|x) ∝ π(v|x) e^{μγ^{t−1} 1[v ∈ R]}`` [Thm 20]: the policy's sum minus
@@ -528,7 +528,10 @@ def attack_curves(engine, mask: Array, log_q, *, log_z=None, discounts=None) -> 
 
         def standard(kernel, child, step):
             z_parent, z_child = step.pairs[0]
-            return no_recovery(kernel, child + z_child, step) - z_parent
+            # a state of weight zero keeps the policy's own conditionals (toysim._equilibrium.reweight)
+            dead = jnp.isneginf(z_parent)
+            tilted = no_recovery(kernel, child + z_child, step) - jnp.where(dead, 0.0, z_parent)
+            return jnp.where(dead, no_recovery(kernel, child, step), tilted)
 
         names.append("standard")
         reductions.append(standard)

@@ -268,3 +268,44 @@ def train_deep(
     )
     levels = levels_from_log_cond(tuple(jax.nn.log_softmax(z, axis=-1) for z in result.params))
     return levels, result
+
+
+def _levels_objective(loss: Callable, policy: Policy, params: PyTree, *args) -> Array:
+    return loss(forward(policy, params), *args)
+
+
+def train_objective(
+    policy: Policy,
+    params0: PyTree,
+    loss: Callable,
+    args: tuple,
+    *,
+    steps: int = 200,
+    optimizer: str = "auto",
+    tol: float = 1e-13,
+    progress: bool | None = False,
+) -> OptimizeResult:
+    """Minimise ``loss(levels, *args)`` over a policy family's parameters, from ``params0``, and
+    certify the result: the one training loop behind every method of ``toysim objectives``.
+
+    Args:
+      policy: the family (tabular, Markov, MLP).
+      params0: starting parameters (usually ``π_0``'s: alignment fine-tunes the base policy).
+      loss: a module-level function ``(levels, *args) -> scalar`` of the policy on the tree, such as
+        :func:`toysim.dpo_loss` (one compiled step per loss, policy and shape).
+      args: its array arguments.
+      steps, optimizer, tol, progress: as for :func:`toysim.minimize`.
+
+    Returns:
+      :class:`toysim.OptimizeResult` with its certificate (gauge: every ``log π(v|p)``).
+    """
+    return minimize(
+        Objective(_levels_objective, (loss, policy)),
+        jax.tree_util.tree_map(jnp.asarray, params0),
+        args=args,
+        optimizer=optimizer,
+        steps=steps,
+        progress=progress,
+        tol=tol,
+        gauge=Objective(policy_log_probs, (policy,)),
+    )
