@@ -40,7 +40,7 @@ def _read(path):
 
 def test_api_page_documents_exactly_the_public_names():
     text = _read(os.path.join(DOCS, "api.md"))
-    documented = re.findall(r"^\.\. auto(?:function|class):: (\w+)$", text, flags=re.M)
+    documented = re.findall(r"^\.\. auto(?:function|class|data):: (\w+)$", text, flags=re.M)
     assert len(documented) == len(set(documented)), "a name is documented twice"
     public = set(toysim.__all__) - {"teaching"}  # the module has its own page, docs/teaching.md
     assert set(documented) == public, (

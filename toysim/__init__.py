@@ -11,6 +11,13 @@ See docs/theory.md for the mathematics and the README for the command line.
 from . import teaching as teaching
 from ._analysis import Analysis as Analysis
 from ._analysis import analyze as analyze
+from ._compare import METHODS as METHODS
+from ._compare import Comparison as Comparison
+from ._compare import MethodOutcome as MethodOutcome
+from ._compare import MethodSettings as MethodSettings
+from ._compare import attack_depth as attack_depth
+from ._compare import compare_methods as compare_methods
+from ._compare import frontier_kl as frontier_kl
 from ._dp import ProductEngine as ProductEngine
 from ._dp import automaton_arrays as automaton_arrays
 from ._dp import dp_analyze as dp_analyze
@@ -28,6 +35,7 @@ from ._enumerate import log_backward as log_backward
 from ._enumerate import shard_prefixes as shard_prefixes
 from ._equilibrium import Equilibrium as Equilibrium
 from ._equilibrium import log_partition as log_partition
+from ._equilibrium import reweight as reweight
 from ._equilibrium import second_order_ratio as second_order_ratio
 from ._equilibrium import tilt as tilt
 from ._equilibrium import tilt_kl_by_position as tilt_kl_by_position
@@ -70,12 +78,32 @@ from ._memory import check_fits as check_fits
 from ._memory import dp_check_fits as dp_check_fits
 from ._memory import dp_estimate_bytes as dp_estimate_bytes
 from ._memory import estimate_bytes as estimate_bytes
+from ._methods import Reweighted as Reweighted
+from ._methods import best_of_n_kl as best_of_n_kl
+from ._methods import best_of_n_kl_bound as best_of_n_kl_bound
+from ._methods import best_of_n_log_weights as best_of_n_log_weights
+from ._methods import dpo_log_weights as dpo_log_weights
+from ._methods import harm_levels as harm_levels
+from ._methods import ipo_log_weights as ipo_log_weights
+from ._methods import rejection_log_weights as rejection_log_weights
+from ._methods import reweighted_levels as reweighted_levels
+from ._methods import reweighting as reweighting
+from ._methods import tilt_log_weights as tilt_log_weights
+from ._methods import token_wise_optimum as token_wise_optimum
 from ._objectives import alignment_loss as alignment_loss
+from ._objectives import augmentation_loss as augmentation_loss
 from ._objectives import deep_objective as deep_objective
+from ._objectives import dpo_loss as dpo_loss
 from ._objectives import gradient_by_position as deep_gradient_by_position
+from ._objectives import ipo_loss as ipo_loss
 from ._objectives import kl_by_position as kl_by_position
+from ._objectives import per_token_penalty_gap as per_token_penalty_gap
+from ._objectives import recovery_objective as recovery_objective
 from ._objectives import separable_objective as separable_objective
 from ._objectives import sequence_kl as sequence_kl
+from ._objectives import sft_loss as sft_loss
+from ._objectives import standard_loss as standard_loss
+from ._objectives import token_wise_loss as token_wise_loss
 from ._optimize import Certificate as Certificate
 from ._optimize import Objective as Objective
 from ._optimize import OptimizeResult as OptimizeResult
@@ -126,6 +154,7 @@ from ._training import policy_log_probs as policy_log_probs
 from ._training import spillover_by_position as spillover_by_position
 from ._training import train_alignment as train_alignment
 from ._training import train_deep as train_deep
+from ._training import train_objective as train_objective
 from ._types import Policy as Policy
 
 __version__ = "0.1.0"
@@ -134,39 +163,50 @@ __all__ = [
     "Analysis",
     "AutomatonHarm",
     "Certificate",
+    "Comparison",
     "DPAttack",
     "DPDeep",
     "DPRecoveryGradients",
     "Equilibrium",
     "Instance",
     "Levels",
+    "METHODS",
     "MLPParams",
     "MLPPolicy",
     "MarkovParams",
     "MarkovPolicy",
     "MartingaleSummary",
+    "MethodOutcome",
+    "MethodSettings",
     "Objective",
     "OptimizeResult",
     "Policy",
     "ProductEngine",
     "RecoverySpec",
+    "Reweighted",
     "TableHarm",
     "TabularPolicy",
     "TrainingResult",
     "alignment_loss",
     "analyze",
     "attack_curves",
+    "attack_depth",
     "attack_length",
     "attack_success",
+    "augmentation_loss",
     "augmentation_samples",
     "augmentation_variance",
     "autodiff_gradient",
     "automaton_arrays",
     "automaton_harm",
     "backward",
+    "best_of_n_kl",
+    "best_of_n_kl_bound",
+    "best_of_n_log_weights",
     "certify",
     "certify_values",
     "check_fits",
+    "compare_methods",
     "covariance_gradient",
     "covariance_weights",
     "deadline_harm",
@@ -182,6 +222,8 @@ __all__ = [
     "dp_estimate_bytes",
     "dp_martingale",
     "dp_tilted_chain",
+    "dpo_log_weights",
+    "dpo_loss",
     "dump_instance",
     "estimate_bytes",
     "exact_gradients",
@@ -190,12 +232,14 @@ __all__ = [
     "first_decisive_harm",
     "fisher_bound",
     "forward",
+    "frontier_kl",
     "gibbs_gap",
     "gibbs_policy",
     "gibbs_recovery",
     "graded_harm",
     "guaranteed_recovery",
     "harm_information",
+    "harm_levels",
     "harm_martingale",
     "harm_values",
     "harm_variance",
@@ -203,6 +247,8 @@ __all__ = [
     "harmful_prefix_marginals",
     "horizon_distribution",
     "innovations",
+    "ipo_log_weights",
+    "ipo_loss",
     "kl_by_position",
     "levels_from_log_cond",
     "load_instance",
@@ -216,6 +262,7 @@ __all__ = [
     "min_log_recovery",
     "min_recovery_probability",
     "minimize",
+    "per_token_penalty_gap",
     "policy_log_probs",
     "policy_prefix_marginals",
     "prefix_covariance_sq_norm",
@@ -223,9 +270,14 @@ __all__ = [
     "prune_unreachable",
     "recovery_gradient",
     "recovery_mask",
+    "recovery_objective",
     "recovery_penalty",
     "recovery_spec",
     "reinforce_gradients",
+    "rejection_log_weights",
+    "reweight",
+    "reweighted_levels",
+    "reweighting",
     "robustness_bound",
     "sample_sequences",
     "sampling_versus_exact",
@@ -234,15 +286,21 @@ __all__ = [
     "sequence_horizon",
     "sequence_kl",
     "sequence_prefix_marginals",
+    "sft_loss",
     "shard_prefixes",
     "spillover_by_position",
+    "standard_loss",
     "standard_optimum",
     "table_harm",
     "teaching",
     "tilt",
     "tilt_kl_by_position",
+    "tilt_log_weights",
+    "token_wise_loss",
+    "token_wise_optimum",
     "train_alignment",
     "train_deep",
+    "train_objective",
     "training_report",
     "tree_sq_norm",
     "trigger_harm",
