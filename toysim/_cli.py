@@ -90,6 +90,7 @@ SUBCOMMANDS: tuple[tuple[tuple[str, ...], Callable | str], ...] = (
     (("figures",), "toysim._cli_figures"),
     (("deep",), "toysim._cli_recovery"),
     (("train", "sample-vs-exact"), "toysim._cli_train"),
+    (("objectives",), "toysim._cli_objectives"),
 )
 
 

@@ -390,3 +390,87 @@ def dp_deep_report(
             "gibbs": attack.gibbs.tolist(),
         },
     }
+
+
+def objectives_report(comparison: Any, instance: Any) -> dict:
+    """The ``toysim objectives`` JSON object of a :class:`toysim.Comparison` (docs/theory.md §11).
+
+    Every method gets ``expected_harm``, ``kl``, ``kl_by_position``, ``attack_success`` and
+    ``depth`` (``null`` without recovery tokens), ``frontier_kl`` (the least KL at its ``E[h]``) and
+    ``frontier_gap`` (its KL minus that), and a ``certificate``.
+    """
+    s = comparison.settings
+
+    def method(m) -> dict:
+        gap = None if m.frontier_kl is None else m.kl - m.frontier_kl
+        return {
+            "expected_harm": m.expected_harm,
+            "kl": m.kl,
+            "kl_by_position": m.kl_by_position.tolist(),
+            "attack_success": None if m.attack_success is None else m.attack_success.tolist(),
+            "depth": m.depth,
+            "frontier_kl": m.frontier_kl,
+            "frontier_gap": gap,
+            "certificate": m.certificate,
+        }
+
+    return {
+        "engine": comparison.engine,
+        "family": comparison.family,
+        "vocab_size": instance.policy.vocab_size,
+        "horizon": instance.policy.horizon,
+        "lambda": float(instance.lam),
+        "settings": {
+            "beta": s.beta,
+            "beta_r": s.beta_r,
+            "n": s.n,
+            "threshold": float(s.threshold),
+            "sft_kl": s.sft_kl,
+            "sft_data": "given" if s.sft_data is not None else "pi_0 conditioned on h <= threshold",
+            "token_betas": [float(b) for b in s.token_betas],
+            "recovery": None if s.recovery is None else [int(r) for r in s.recovery],
+            "mu": float(s.mu),
+            "gamma": float(s.gamma),
+            "steps": s.steps,
+        },
+        "base": {
+            "expected_harm": comparison.base_expected_harm,
+            "attack_success": None
+            if comparison.base_attack_success is None
+            else np.asarray(comparison.base_attack_success).tolist(),
+        },
+        "methods": {name: method(m) for name, m in comparison.methods.items()},
+        "in_family": {name: method(m) for name, m in comparison.in_family.items()},
+        "skipped": dict(comparison.skipped),
+    }
+
+
+def objectives_table(report: dict) -> str:
+    """The ``toysim objectives`` report as a fixed-width table (for a terminal)."""
+    head = f"{'method':<20} {'E[h]':>10} {'KL':>10} {'frontier gap':>13} {'depth':>6}  D_t (t = 1..T)"
+    lines = [
+        f"toysim objectives: {report['family']} policy, V = {report['vocab_size']}, T = {report['horizon']}, "
+        f"lambda = {report['lambda']:g}, engine {report['engine']}; base E[h] = {report['base']['expected_harm']:.6g}",
+    ]
+    for title, block in (
+        ("over all policies", report["methods"]),
+        ("in the instance's family", report["in_family"]),
+    ):
+        if not block:
+            continue
+        lines += ["", title, head]
+        for name, m in block.items():
+            gap = "-" if m["frontier_gap"] is None else f"{m['frontier_gap']:.3g}"
+            depth = "-" if m["depth"] is None else str(m["depth"])
+            profile = " ".join(f"{d:.2g}" for d in m["kl_by_position"][:12])
+            more = " ..." if len(m["kl_by_position"]) > 12 else ""
+            cert = m["certificate"]
+            flag = (
+                "" if cert.get("optimum") == "closed form" or cert.get("converged") else "  (not certified)"
+            )
+            lines.append(
+                f"{name:<20} {m['expected_harm']:>10.4g} {m['kl']:>10.4g} {gap:>13} {depth:>6}  {profile}{more}{flag}"
+            )
+    for name, reason in report["skipped"].items():
+        lines.append(f"skipped {name}: {reason}")
+    return "\n".join(lines)
