@@ -147,6 +147,27 @@ FIGURES: list[FigureSpec] = [
         "tabular policy V=2, T=3 (Gaussian logits, seed 3); trigger harm (h=1 iff token 1 ever "
         "occurs), so prefixes are determined at depths 1 to 3.",
     ),
+    FigureSpec(
+        "fig9_depth_by_method",
+        "figures.fig9_depth_by_method",
+        "Every alignment method whose optimum reweights π_0 by a function of the harm (RL, DPO, IPO, "
+        "rejection sampling, best-of-N), and the token-wise KL constraint, puts exactly zero KL past "
+        "the horizon k and is exactly as vulnerable as π_0 to prefills there; only augmentation and "
+        "the recovery penalty are deeper.",
+        "the instance of figure 5 (tabular π_0 V=3, T=5, deadline harm k=2, R={0}, λ=1, μ=3, γ=0.6); "
+        "DPO with β=1, β_r=λ (its optimum is the tilt), IPO β=1, best-of-4, β_t=(0.5, 2, 2, 2, 2); "
+        "closed forms, and certified Newton training for augmentation and the recovery penalty.",
+    ),
+    FigureSpec(
+        "fig10_kl_harm_frontier",
+        "figures.fig10_kl_harm_frontier",
+        "The tilts trace the least KL at each expected harm; every method's optimum lies on or above "
+        "this frontier: on it for RL and DPO, above it for IPO and best-of-N (a graded harm has more "
+        "than two values), and above it in a Markov family.",
+        "Markov (order 1) π_0 V=3, T=4 (Gaussian logits, seed 0); graded harm (fraction of token 2); "
+        "λ=1.5, R={0}, μ=1, γ=1; the frontier from 60 values of λ; in-family optima by certified "
+        "training.",
+    ),
 ]
 
 

@@ -257,10 +257,15 @@ def _dp_final_log_prob(logits, aut, horizon: int):
     return ProductEngine.markov(logits, aut, horizon).log_prob[-1]
 
 
+@functools.partial(jax.jit, static_argnames=("loss",))
+def _tabular_grad(loss: Callable, log_cond: tuple, *args):
+    policy = TabularPolicy(log_cond[0].shape[-1], len(log_cond))
+    return jax.grad(lambda z: loss(forward(policy, z), *args))(log_cond)
+
+
 def _tabular_grad_norm(loss: Callable, levels: Levels, args: tuple) -> float:
     """``‖∇ loss‖`` over tabular logits at ``levels`` (a closed form's optimality residual)."""
-    policy = TabularPolicy(levels.vocab_size, levels.horizon)
-    grad = jax.jit(jax.grad(lambda z, *a: loss(forward(policy, z), *a)))(tuple(levels.log_cond), *args)
+    grad = _tabular_grad(loss, tuple(levels.log_cond), *args)
     return float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grad))))
 
 
