@@ -48,7 +48,6 @@ Negative controls (each rerun from ``θ^0``): DPO without the reference (``ρ = 
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -58,8 +57,8 @@ import optax
 from hypothesis import strategies as st
 
 import toysim
-from toysim import TabularPolicy
 
+from . import gradient_runs as runs
 from . import reference as ref
 from ._framework import Check
 from .strategies import early_horizon_instances
@@ -101,36 +100,9 @@ def dpo_without_reference(levels, base, h, beta, beta_r):
     )
 
 
-@functools.partial(jax.jit, static_argnames=("loss", "optimizer"))
-def trajectory(theta0, reference, h, beta, beta_r, loss, optimizer):
-    """``K`` optimiser steps from ``theta0``; the logits before each step and the gradient there."""
-    policy = TabularPolicy(theta0[-1].shape[-1], len(theta0))
-
-    def objective(theta):
-        return loss(toysim.forward(policy, theta), reference, h, beta, beta_r)
-
-    def step(carry, _):
-        theta, state = carry
-        grad = jax.grad(objective)(theta)
-        updates, state = optimizer.update(grad, state, theta)
-        return (optax.apply_updates(theta, updates), state), (theta, grad)
-
-    (final, _), (thetas, grads) = jax.lax.scan(step, (theta0, optimizer.init(theta0)), None, length=STEPS)
-    return final, thetas, grads
-
-
 def _runs(q, loss, reference, names=("gd",)):
-    theta0 = tuple(jnp.asarray(x) for x in q["theta0"])
-    out = {}
-    for name in names:
-        optimizer = OPTIMIZERS[name]
-        final, thetas, grads = trajectory(theta0, reference, q["h"], q["beta"], q["beta_r"], loss, optimizer)
-        out[name] = {
-            # per level (K + 1, rows, V): the logits before each step and after the last
-            "thetas": [np.concatenate([np.asarray(a), np.asarray(f)[None]]) for a, f in zip(thetas, final)],
-            "grads": [np.asarray(g) for g in grads],
-        }
-    return out
+    args = (reference, q["h"], q["beta"], q["beta_r"])
+    return {name: runs.trajectory(q["theta0"], args, loss, OPTIMIZERS[name], STEPS) for name in names}
 
 
 def compute(case: FlowCase, names=("gd",)):
@@ -154,19 +126,14 @@ def compute_adam(case: FlowCase):
     return compute(case, ("adam",))
 
 
-def _det_max(arrays, masks) -> float:
-    return max(float(np.max(np.abs(a[:, m]), initial=0.0)) for a, m in zip(arrays, masks))
-
-
 def drifts(q, name, masks) -> float:
     """``max_k |θ_p^k − θ_p^0|`` over the prefixes selected by ``masks`` in run ``name``."""
-    moved = [np.abs(t - x[None]) for t, x in zip(q[name]["thetas"], q["theta0"])]
-    return _det_max(moved, masks)
+    return runs.drift(q[name], q["theta0"], masks)
 
 
 def residual(q):
     masks = q["determined"]
-    parts = [_det_max(q["gd"]["grads"], masks), drifts(q, "gd", masks) / (STEPS * GD_LR)]
+    parts = [runs.masked_max(q["gd"]["grads"], masks), drifts(q, "gd", masks) / (STEPS * GD_LR)]
     if any(np.isnan(x) for x in parts):
         return float("nan")
     return float(max(parts))
