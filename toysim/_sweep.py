@@ -758,7 +758,7 @@ def _batch_sharding(n: int):
 
 def _stack(instances: list, shape: _Shape) -> tuple:
     """The chunk's inputs as stacked numpy arrays (batch axis first)."""
-    from ._harms import harm_values
+    from ._harms import AutomatonHarm, harm_values
 
     lam = np.array([float(i.lam) for i in instances], dtype=np.float64)
     if shape.engine == "dp":
@@ -768,7 +768,18 @@ def _stack(instances: list, shape: _Shape) -> tuple:
         final = np.stack([np.asarray(i.harm.final_harm, dtype=np.float64) for i in instances])
         return (logits, start, trans, final, lam)
     v, t = shape.vocab_size, shape.horizon
-    h = np.stack([np.asarray(harm_values(i.harm, v, t), dtype=np.float64) for i in instances])
+    tables: dict[tuple, np.ndarray] = {}  # a family's instances mostly share one harm: tabulate it once
+    keys = []
+    for i in instances:
+        if isinstance(i.harm, AutomatonHarm):
+            arrays = (i.harm.transitions, i.harm.final_harm)
+            key = (int(i.harm.start), *(np.asarray(a).tobytes() for a in arrays))
+        else:
+            key = ("table", np.asarray(i.harm.values, dtype=np.float64).tobytes())
+        if key not in tables:
+            tables[key] = np.asarray(harm_values(i.harm, v, t), dtype=np.float64)
+        keys.append(key)
+    h = np.stack([tables[k] for k in keys])
     if shape.policy == "markov":
         from ._policies import MarkovParams
 
