@@ -4,7 +4,8 @@ Two cases, each a set of random instances of one shape (fixed seeds):
 
 * ``enum``: first-order Markov policy, V = 3, T = 6 (729 leaves), deadline harm, the enumeration
   engine. Loop: one compiled ``toysim.analyze`` call per instance. Batched: the sweep's program
-  (``toysim._sweep.analyze_batch``: stacking, transfer, one vmapped call, fetch).
+  (``toysim._sweep.stack_instances`` and ``analyze_batch``: stacking, transfer, one vmapped
+  call, fetch).
 * ``dp``: first-order Markov policy, V = 8, T = 1000, a 4-state automaton harm, the DP engine
   without the autodiff reference. Loop: one ``toysim.dp_analyze(..., autodiff=False)`` per
   instance. Batched: the sweep's vmapped ``dp_analyze_arrays``.
@@ -114,8 +115,12 @@ def run_case(case: str, batches: list[int], loop_n: int, repeat: int, folder: st
     rows = [{"case": case, "mode": "loop", "batch": 1, "inst_per_s": 1 / loop_s, "speedup": 1.0}]
     for b in batches:
         chunk = instances[:b]
-        _sweep.analyze_batch(chunk, shape, NAMES, False)  # compile
-        t = best(lambda chunk=chunk: _sweep.analyze_batch(chunk, shape, NAMES, False), repeat)
+
+        def batched(chunk=chunk):
+            return _sweep.analyze_batch(_sweep.stack_instances(chunk, shape), shape, NAMES, False)
+
+        batched()  # compile
+        t = best(batched, repeat)
         rows.append(
             {
                 "case": case,

@@ -447,6 +447,61 @@ def _harm_object(spec: SweepSpec, point: dict) -> dict:
     return harm
 
 
+@functools.cache
+def _draw_program(kind: str, vocab_size: int, horizon: int, window: int, hidden: int):
+    """``(key, scale) ↦`` the logit table of a drawn policy: Markov ``(V + 1, V)`` (row ``V`` =
+    BOS), tabular and MLP ``(rows, V)``, every prefix's logits in the instance format's order.
+    Vmapped over keys for tabular and Markov policies (elementwise draws: the same bits at any
+    batch size); one instance per call for the MLP, whose batched matmuls round differently."""
+    import jax
+    import jax.numpy as jnp
+
+    from ._policies import MarkovPolicy, MLPPolicy, TabularPolicy
+
+    if kind == "markov":
+        model = MarkovPolicy(vocab_size, horizon, order=1)
+    elif kind == "tabular":
+        model = TabularPolicy(vocab_size, horizon)
+    else:
+        model = MLPPolicy(vocab_size, horizon, window=window, hidden=hidden)
+
+    def one(key, scale):
+        params = model.init(key, scale)
+        if kind == "markov":
+            return params.logits
+        return jnp.concatenate([model.logits(params, t) for t in range(horizon)])
+
+    return jax.jit(one) if kind == "mlp" else jax.jit(jax.vmap(one))
+
+
+def _draw_tables(spec: SweepSpec, points: list[dict]) -> np.ndarray:
+    """The logit tables of a family's instances of one ``(V, T)``, stacked: ``init(key(seed),
+    scale)`` of each point's policy (:func:`_draw_program`)."""
+    import jax
+    import jax.numpy as jnp
+
+    pol = spec.family["policy"]
+    v, t = _setting(spec, points[0], "vocab_size"), _setting(spec, points[0], "horizon")
+    program = _draw_program(pol["kind"], v, t, pol.get("window", 0), pol.get("hidden", 0))
+    seeds = np.array([_setting(spec, p, "seed") for p in points], dtype=np.uint64)
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+    scales = jnp.asarray([float(_setting(spec, p, "scale")) for p in points], dtype=jnp.float64)
+    if pol["kind"] == "mlp":
+        return np.stack([np.asarray(program(k, c), dtype=np.float64) for k, c in zip(keys, scales)])
+    return np.asarray(program(keys, scales), dtype=np.float64)
+
+
+def _policy_object(kind: str, table: np.ndarray) -> dict:
+    if kind == "markov":
+        v = table.shape[1]
+        return {
+            "kind": "markov",
+            "initial_logits": table[v].tolist(),
+            "transition_logits": table[:v].tolist(),
+        }
+    return {"kind": "tabular", "logits": table.tolist()}
+
+
 def sweep_instance(spec: SweepSpec, point: dict) -> dict:
     """The ``toysim.instance/1`` object of one instance of the sweep (what ``--replay`` writes).
 
@@ -454,42 +509,23 @@ def sweep_instance(spec: SweepSpec, point: dict) -> dict:
     draws the policy with ``init(jax.random.key(seed), scale)`` of :class:`toysim.TabularPolicy`,
     :class:`toysim.MarkovPolicy` (order 1) or :class:`toysim.MLPPolicy` and writes its logits:
     ``markov`` as ``initial_logits``/``transition_logits``, ``tabular`` and ``mlp`` as the tabular
-    rows of every prefix (an MLP's logits at each prefix: the same law of responses).
+    rows of every prefix (an MLP's logits at each prefix: the same law of responses). The sweep
+    itself analyses the same logits, drawn for a whole chunk at once.
     """
-    import jax
-
     from ._instance import FORMAT as INSTANCE_FORMAT
-    from ._policies import MarkovPolicy, MLPPolicy, TabularPolicy
 
     if spec.base is not None:
         out = copy.deepcopy(spec.base)
         out["lambda"] = _setting(spec, point, "lambda")
         out["harm"] = _harm_object(spec, point)
         return out
-    v, t = _setting(spec, point, "vocab_size"), _setting(spec, point, "horizon")
-    pol = spec.family["policy"]
-    key, scale = jax.random.key(_setting(spec, point, "seed")), _setting(spec, point, "scale")
-    if pol["kind"] == "markov":
-        table = np.asarray(MarkovPolicy(v, t, order=1).init(key, scale).logits, dtype=np.float64)
-        policy = {
-            "kind": "markov",
-            "initial_logits": table[v].tolist(),
-            "transition_logits": table[:v].tolist(),
-        }
-    else:
-        if pol["kind"] == "tabular":
-            model = TabularPolicy(v, t)
-        else:
-            model = MLPPolicy(v, t, window=pol["window"], hidden=pol["hidden"])
-        params = model.init(key, scale)
-        rows = np.concatenate([np.asarray(model.logits(params, i), dtype=np.float64) for i in range(t)])
-        policy = {"kind": "tabular", "logits": rows.tolist()}
+    kind = "markov" if spec.family["policy"]["kind"] == "markov" else "tabular"
     return {
         "format": INSTANCE_FORMAT,
-        "vocab_size": v,
-        "horizon": t,
+        "vocab_size": _setting(spec, point, "vocab_size"),
+        "horizon": _setting(spec, point, "horizon"),
         "lambda": _setting(spec, point, "lambda"),
-        "policy": policy,
+        "policy": _policy_object(kind, _draw_tables(spec, [point])[0]),
         "harm": _harm_object(spec, point),
     }
 
@@ -747,7 +783,7 @@ def _dp_program(horizon: int, names: tuple[str, ...], autodiff: bool):
     return jax.jit(jax.vmap(one))
 
 
-def _batch_sharding(n: int):
+def _batch_sharding():
     """``NamedSharding`` of the batch axis over the local devices (1-d mesh ``"batch"``)."""
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -756,45 +792,83 @@ def _batch_sharding(n: int):
     return NamedSharding(mesh, PartitionSpec("batch"))
 
 
-def _stack(instances: list, shape: _Shape) -> tuple:
-    """The chunk's inputs as stacked numpy arrays (batch axis first)."""
-    from ._harms import AutomatonHarm, harm_values
-
-    lam = np.array([float(i.lam) for i in instances], dtype=np.float64)
-    if shape.engine == "dp":
-        logits = np.stack([np.asarray(i.params.logits, dtype=np.float64) for i in instances])
-        start = np.array([int(i.harm.start) for i in instances], dtype=np.int32)
-        trans = np.stack([np.asarray(i.harm.transitions, dtype=np.int32) for i in instances])
-        final = np.stack([np.asarray(i.harm.final_harm, dtype=np.float64) for i in instances])
-        return (logits, start, trans, final, lam)
-    v, t = shape.vocab_size, shape.horizon
-    tables: dict[tuple, np.ndarray] = {}  # a family's instances mostly share one harm: tabulate it once
-    keys = []
-    for i in instances:
-        if isinstance(i.harm, AutomatonHarm):
-            arrays = (i.harm.transitions, i.harm.final_harm)
-            key = (int(i.harm.start), *(np.asarray(a).tobytes() for a in arrays))
-        else:
-            key = ("table", np.asarray(i.harm.values, dtype=np.float64).tobytes())
-        if key not in tables:
-            tables[key] = np.asarray(harm_values(i.harm, v, t), dtype=np.float64)
-        keys.append(key)
-    h = np.stack([tables[k] for k in keys])
+def _table_of(params, shape: _Shape) -> np.ndarray:
+    """An instance's logit table (Markov ``(V + 1, V)``, tabular rows) from its parameters."""
     if shape.policy == "markov":
-        from ._policies import MarkovParams
+        return np.asarray(params.logits, dtype=np.float64)
+    return np.concatenate([np.asarray(block, dtype=np.float64) for block in params])
 
-        params = MarkovParams(np.stack([np.asarray(i.params.logits, dtype=np.float64) for i in instances]))
+
+def _stack(shape: _Shape, tables: np.ndarray, harms: list, lam: np.ndarray) -> tuple:
+    """A chunk's inputs, batch axis first: logit tables, harms (automata for the DP, tabulated
+    leaf harms for the enumeration) and ``λ``."""
+    from ._harms import AutomatonHarm, harm_values
+    from ._policies import MarkovParams
+
+    lam = np.asarray(lam, dtype=np.float64)
+    if shape.engine == "dp":
+        start = np.array([int(h.start) for h in harms], dtype=np.int32)
+        trans = np.stack([np.asarray(h.transitions, dtype=np.int32) for h in harms])
+        final = np.stack([np.asarray(h.final_harm, dtype=np.float64) for h in harms])
+        return (tables, start, trans, final, lam)
+    v, t = shape.vocab_size, shape.horizon
+    leaf_harms: dict[tuple, np.ndarray] = {}  # a chunk's instances mostly share one harm: tabulate once
+    keys = []
+    for h in harms:
+        if isinstance(h, AutomatonHarm):
+            key = (int(h.start), *(np.asarray(a).tobytes() for a in (h.transitions, h.final_harm)))
+        else:
+            key = ("table", np.asarray(h.values, dtype=np.float64).tobytes())
+        if key not in leaf_harms:
+            leaf_harms[key] = np.asarray(harm_values(h, v, t), dtype=np.float64)
+        keys.append(key)
+    h = np.stack([leaf_harms[k] for k in keys])
+    if shape.policy == "markov":
+        return (MarkovParams(tables), h, lam)
+    offsets = np.cumsum([0] + [v**i for i in range(t)])
+    return (tuple(tables[:, offsets[i] : offsets[i + 1]] for i in range(t)), h, lam)
+
+
+def stack_instances(instances: list, shape: _Shape) -> tuple:
+    """:func:`_stack` of parsed instances (:class:`toysim.Instance`) of one shape."""
+    tables = np.stack([_table_of(i.params, shape) for i in instances])
+    return _stack(shape, tables, [i.harm for i in instances], [float(i.lam) for i in instances])
+
+
+@functools.cache
+def _parsed_harm(harm_json: str, vocab_size: int, horizon: int):
+    """A harm object of the instance format, validated and built as ``toysim exact`` does."""
+    from ._instance import _harm
+
+    return _harm(json.loads(harm_json), vocab_size, horizon)
+
+
+@functools.cache
+def _parsed_base(base_json: str):
+    from ._instance import from_dict
+
+    return from_dict(json.loads(base_json))
+
+
+def chunk_inputs(spec: SweepSpec, points: list[dict], shape: _Shape) -> tuple:
+    """The stacked inputs of a chunk of the sweep, without building an instance file each: the
+    family's policies drawn at once (:func:`_draw_tables`), each distinct harm parsed once."""
+    v, t = shape.vocab_size, shape.horizon
+    harms = [_parsed_harm(json.dumps(_harm_object(spec, p), sort_keys=True), v, t) for p in points]
+    lam = [_setting(spec, p, "lambda") for p in points]
+    if spec.base is not None:
+        table = _table_of(_parsed_base(json.dumps(spec.base)).params, shape)
+        tables = np.broadcast_to(table, (len(points), *table.shape))
     else:
-        params = tuple(
-            np.stack([np.asarray(i.params[k], dtype=np.float64) for i in instances]) for k in range(t)
-        )
-    return (params, h, lam)
+        tables = _draw_tables(spec, points)
+    return _stack(shape, tables, harms, lam)
 
 
-def analyze_batch(instances: list, shape: _Shape, names: tuple[str, ...], autodiff: bool) -> tuple:
+def analyze_batch(inputs: tuple, shape: _Shape, names: tuple[str, ...], autodiff: bool) -> tuple:
     """The fields ``names`` of the exact analysis of same-shape instances, in one compiled call.
 
-    The batch (its length a multiple of the local device count) is sharded over the local devices.
+    ``inputs`` are a chunk's stacked arrays (:func:`chunk_inputs`, :func:`stack_instances`); the
+    batch (its length a multiple of the local device count) is sharded over the local devices.
 
     Returns:
       ``(arrays, devices)``: one numpy array per name with the batch axis first, and the number of
@@ -804,8 +878,7 @@ def analyze_batch(instances: list, shape: _Shape, names: tuple[str, ...], autodi
 
     from ._policies import MarkovPolicy, TabularPolicy
 
-    inputs = _stack(instances, shape)
-    sharding = _batch_sharding(len(instances))
+    sharding = _batch_sharding()
     inputs = jax.device_put(inputs, sharding)
     if shape.engine == "dp":
         program = _dp_program(shape.horizon, names, autodiff)
@@ -971,7 +1044,6 @@ def sweep(
       ValueError: for a bad spec, an instance or chunk that would not fit in memory, a table that
         would not fit on disk, or an output made from a different spec; nothing is written then.
     """
-    from ._instance import from_dict
 
     spec = spec if isinstance(spec, SweepSpec) else load_sweep_spec(spec)
     if not (_is_int(num_processes) and num_processes >= 1 and _is_int(process_id)):
@@ -989,9 +1061,9 @@ def sweep(
     computed, devices, t0 = 0, _local_device_count(), time.monotonic()
     autodiff = _autodiff(spec)
     for k, (shape, ids) in enumerate(todo):
-        instances = [from_dict(sweep_instance(spec, plan.points[i])) for i in ids]
-        padded = instances + [instances[-1]] * (plan.chunk_size - len(instances))
-        arrays, devices = analyze_batch(padded, shape, spec.quantities, autodiff)
+        padded = ids + [ids[-1]] * (plan.chunk_size - len(ids))
+        inputs = chunk_inputs(spec, [plan.points[i] for i in padded], shape)
+        arrays, devices = analyze_batch(inputs, shape, spec.quantities, autodiff)
         keep = [j for j, i in enumerate(ids) if i not in done]
         rows = _rows(spec, plan, [ids[j] for j in keep], shape, tuple(a[keep] for a in arrays))
         _append(path, rows)
