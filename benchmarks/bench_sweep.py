@@ -3,14 +3,16 @@
 Two cases, each a set of random instances of one shape (fixed seeds):
 
 * ``enum``: first-order Markov policy, V = 3, T = 6 (729 leaves), deadline harm, the enumeration
-  engine. Loop: one compiled ``toysim.analyze`` call per instance. Batched: the sweep's program
-  (``toysim._sweep.stack_instances`` and ``analyze_batch``: stacking, transfer, one vmapped
-  call, fetch).
-* ``dp``: first-order Markov policy, V = 8, T = 1000, a 4-state automaton harm, the DP engine
-  without the autodiff reference. Loop: one ``toysim.dp_analyze(..., autodiff=False)`` per
-  instance. Batched: the sweep's vmapped ``dp_analyze_arrays``.
+  engine;
+* ``dp``: first-order Markov policy, V = 8, T = 1000, a 4-state automaton harm, the DP engine.
 
-Both compute the quantities ``expected_harm``, ``equilibrium_kl``, ``harm_information``. Times
+Both compute ``expected_harm``, ``equilibrium_kl`` and ``harm_information`` without the autodiff
+reference. ``loop``: the sweep's per-instance function (``toysim._sweep.enumerate_one`` /
+``dp_one``) jitted without vmap, one call per instance on device arrays. ``loop (exact)``: what
+``toysim exact`` computes, one ``toysim.analyze`` (everything, autodiff included) or
+``toysim.dp_analyze(..., autodiff=False)`` call per instance. ``batched``: the sweep's program
+(``toysim._sweep.stack_instances`` and ``analyze_batch``: stacking, transfer, one vmapped call,
+fetch). Times
 after one compiling call, best of ``--repeat``. For each batch size the table gives instances/s,
 the speed-up over the loop, and the memory estimate of a chunk (``toysim._memory``); the last line
 says the largest chunk the available memory allows (where memory stops the batch). ``sweep``
@@ -41,6 +43,7 @@ from toysim import _sweep  # noqa: E402
 from toysim._memory import available_bytes  # noqa: E402
 
 NAMES = ("expected_harm", "equilibrium_kl", "harm_information")
+LOOP_N = {"enum": 64, "dp": 4}
 CASES = {
     "enum": {
         "policy": {"kind": "markov"},
@@ -88,31 +91,45 @@ def best(fn, repeat: int) -> float:
 def run_case(case: str, batches: list[int], loop_n: int, repeat: int, folder: str) -> list[dict]:
     spec = spec_of(case, max(batches + [loop_n]), os.path.join(folder, f"{case}.csv"))
     points = _sweep.sweep_points(spec)
-    instances = [
-        toysim.loads_instance(json.dumps(_sweep.sweep_instance(spec, p)))
-        for p in points[: max(batches + [loop_n])]
-    ]
+    n = max(batches + [loop_n])
+    instances = [toysim.loads_instance(json.dumps(_sweep.sweep_instance(spec, p))) for p in points[:n]]
     shape = _sweep._shape_of(spec, instances[0])
     per_instance = _sweep.instance_bytes(shape, autodiff=False)
 
+    # the loop: the sweep's own per-instance function, jitted without vmap, one call per instance
+    inputs = _sweep.stack_instances(instances[:loop_n], shape)
+    singles = [jax.tree_util.tree_map(lambda x, i=i: jnp.asarray(x[i]), inputs) for i in range(loop_n)]
     if case == "enum":
+        one = jax.jit(_sweep.enumerate_one(instances[0].policy, NAMES, False))
         h = jnp.asarray(toysim.harm_values(instances[0].harm, shape.vocab_size, shape.horizon))
-        args = [
+        full_args = [
             (i.policy, jax.tree_util.tree_map(jnp.asarray, i.params), h, jnp.float64(i.lam))
             for i in instances
         ]
 
-        def one(a):
+        def full(a):  # toysim exact's computation: everything, with the autodiff reference
             return jax.block_until_ready(toysim.analyze(*a).expected_harm)
     else:
-        args = [(i.policy, i.params, i.harm, float(i.lam)) for i in instances]
+        one = jax.jit(_sweep.dp_one(shape.horizon, NAMES, False))
+        full_args = [(i.policy, i.params, i.harm, float(i.lam)) for i in instances]
 
-        def one(a):
+        def full(a):  # toysim exact's computation without the autodiff reference
             return jax.block_until_ready(toysim.dp_analyze(*a, autodiff=False).expected_harm)
 
-    one(args[0])  # compile
-    loop_s = best(lambda: [one(a) for a in args[:loop_n]], repeat) / loop_n
-    rows = [{"case": case, "mode": "loop", "batch": 1, "inst_per_s": 1 / loop_s, "speedup": 1.0}]
+    jax.block_until_ready(one(*singles[0]))  # compile
+    full(full_args[0])
+    loop_s = best(lambda: [jax.block_until_ready(one(*a)) for a in singles], repeat) / loop_n
+    full_s = best(lambda: [full(a) for a in full_args[:loop_n]], repeat) / loop_n
+    rows = [
+        {"case": case, "mode": "loop", "batch": 1, "inst_per_s": 1 / loop_s, "speedup": 1.0},
+        {
+            "case": case,
+            "mode": "loop (exact)",
+            "batch": 1,
+            "inst_per_s": 1 / full_s,
+            "speedup": loop_s / full_s,
+        },
+    ]
     for b in batches:
         chunk = instances[:b]
 
@@ -169,13 +186,13 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=256, help="instances of the whole-sweep rows")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    batches = {"enum": [1, 16, 64, 256] if args.quick else [1, 16, 64, 256, 1024], "dp": [1, 4, 16, 64]}
+    batches = {"enum": [1, 16, 64, 256] if args.quick else [1, 16, 64, 256, 1024, 4096], "dp": [1, 4, 16, 64]}
     if args.quick:
         batches["dp"] = [1, 4, 16]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for case in ("enum", "dp"):
-            rows += run_case(case, batches[case], 32 if case == "enum" else 4, args.repeat, folder)
+            rows += run_case(case, batches[case], LOOP_N[case], args.repeat, folder)
         rows.append(run_sweep("enum", args.instances, 256, folder))
         rows.append(run_sweep("dp", max(8, args.instances // 16), 16, folder))
     print(f"jax {jax.__version__}, {jax.local_device_count()} {jax.default_backend()} device(s)")

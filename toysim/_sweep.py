@@ -77,7 +77,10 @@ MAX_INSTANCES = 10**6
 _BYTES_PER_CELL = 26
 # Fraction of the available memory a chunk may use when the chunk size is "auto".
 _CHUNK_MEMORY_FRACTION = 0.25
-_MAX_AUTO_CHUNK = 1024
+# Largest "auto" chunk: on CPU the time per instance grows again past a few hundred instances of
+# V = 3, T = 6 (arrays leave the cache; benchmarks/bench_sweep.py: 64 -> 28k, 256 -> 23k,
+# 1024 -> 15k instances/s), and a smaller chunk loses less to a kill.
+_MAX_AUTO_CHUNK = 256
 
 
 class SweepSpec(NamedTuple):
@@ -748,11 +751,8 @@ def _fields(result, names: tuple[str, ...]) -> tuple:
     return tuple(getattr(result, n) for n in names)
 
 
-@functools.cache
-def _enumerate_program(policy, names: tuple[str, ...], autodiff: bool):
-    """One compiled program per (policy, fields): the tree analysis vmapped over instances."""
-    import jax
-
+def enumerate_one(policy, names: tuple[str, ...], autodiff: bool):
+    """``(params, h, λ) ↦`` the fields ``names`` of one instance's tree analysis (unbatched)."""
     from ._analysis import analysis
     from ._enumerate import forward
     from ._gradient import TreeGradients
@@ -762,25 +762,37 @@ def _enumerate_program(policy, names: tuple[str, ...], autodiff: bool):
         result = analysis(levels, TreeGradients(policy, params, levels, h), h, lam, autodiff=autodiff)
         return _fields(result, names)
 
-    return jax.jit(jax.vmap(one))
+    return one
 
 
-@functools.cache
-def _dp_program(horizon: int, names: tuple[str, ...], autodiff: bool):
-    """One compiled program per (horizon, fields): the product-engine analysis vmapped."""
-    import jax
-
+def dp_one(horizon: int, names: tuple[str, ...], autodiff: bool):
+    """``(logits, start, transitions, final_harm, λ) ↦`` the fields ``names`` of one instance's
+    product-engine analysis (unbatched; :func:`toysim._dp.dp_analyze_arrays`)."""
     from ._dp import Automaton, dp_analyze_arrays
 
     unroll = 4 if horizon >= 64 else 1  # as toysim.dp_analyze
 
     def one(logits, start, transitions, final_harm, lam):
-        result = dp_analyze_arrays(
-            logits, Automaton(start, transitions, final_harm), lam, horizon, autodiff, unroll
-        )
-        return _fields(result, names)
+        aut = Automaton(start, transitions, final_harm)
+        return _fields(dp_analyze_arrays(logits, aut, lam, horizon, autodiff, unroll), names)
 
-    return jax.jit(jax.vmap(one))
+    return one
+
+
+@functools.cache
+def _enumerate_program(policy, names: tuple[str, ...], autodiff: bool):
+    """One compiled program per (policy, fields): :func:`enumerate_one` vmapped over instances."""
+    import jax
+
+    return jax.jit(jax.vmap(enumerate_one(policy, names, autodiff)))
+
+
+@functools.cache
+def _dp_program(horizon: int, names: tuple[str, ...], autodiff: bool):
+    """One compiled program per (horizon, fields): :func:`dp_one` vmapped over instances."""
+    import jax
+
+    return jax.jit(jax.vmap(dp_one(horizon, names, autodiff)))
 
 
 def _batch_sharding():
