@@ -365,3 +365,14 @@ def test_chunk_draws_equal_the_replayed_instances_bit_for_bit(tmp_path, kind):
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len({np.asarray(x).tobytes() for x in np.asarray(jax.tree_util.tree_leaves(got)[0])}) == 6
+
+
+def test_progress_line_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    path = write_spec(tmp_path, MARKOV_FAMILY)
+    toysim.sweep(path)  # stderr is not a terminal under pytest: quiet
+    assert capsys.readouterr().err == ""
+    os.remove(tmp_path / "table.csv")
+    monkeypatch.setattr(_sweep.sys.stderr, "isatty", lambda: True)
+    toysim.sweep(path)
+    err = capsys.readouterr().err
+    assert "\rtoysim sweep: 4/6 instances, chunk 1/2" in err and "6/6 instances, chunk 2/2" in err
