@@ -570,30 +570,47 @@ class _Shape(NamedTuple):
     n_states: int  # automaton states (DP), 0 for the enumeration
 
 
-def _engine_for(spec: SweepSpec, instance) -> str:
+def _shape(spec: SweepSpec, markov: bool, vocab_size: int, horizon: int, harm) -> _Shape:
+    """The shape of an instance: its engine (as ``toysim exact`` chooses it), policy kind, sizes."""
     from ._harms import AutomatonHarm
-    from ._policies import MarkovPolicy
 
-    markov = isinstance(instance.policy, MarkovPolicy) and instance.policy.order == 1
-    automaton = isinstance(instance.harm, AutomatonHarm)
+    automaton = isinstance(harm, AutomatonHarm)
     if spec.engine == "dp" and not (markov and automaton):
         raise ValueError(
             "engine 'dp' needs a first-order Markov policy and an automaton harm for every instance "
             "(use engine 'enumerate' or 'auto')"
         )
-    if spec.engine == "auto":
-        return "dp" if markov and automaton else "enumerate"
-    return spec.engine
+    engine = ("dp" if markov and automaton else "enumerate") if spec.engine == "auto" else spec.engine
+    n_states = int(np.asarray(harm.transitions).shape[0]) if engine == "dp" else 0
+    return _Shape(engine, "markov" if markov else "tabular", vocab_size, horizon, n_states)
 
 
 def _shape_of(spec: SweepSpec, instance) -> _Shape:
+    """:func:`_shape` of a parsed :class:`toysim.Instance`."""
     from ._policies import MarkovPolicy
 
-    engine = _engine_for(spec, instance)
     policy = instance.policy
-    n_states = int(np.asarray(instance.harm.transitions).shape[0]) if engine == "dp" else 0
-    kind = "markov" if isinstance(policy, MarkovPolicy) else "tabular"
-    return _Shape(engine, kind, policy.vocab_size, policy.horizon, n_states)
+    markov = isinstance(policy, MarkovPolicy) and policy.order == 1
+    return _shape(spec, markov, policy.vocab_size, policy.horizon, instance.harm)
+
+
+def _shape_from_point(spec: SweepSpec, point: dict) -> _Shape:
+    """The shape of an instance from its settings alone (its harm parsed, its policy not drawn)."""
+    from ._policies import MarkovPolicy
+
+    if spec.base is not None:
+        base = _parsed_base(json.dumps(spec.base))
+        v, t = base.policy.vocab_size, base.policy.horizon
+        harm = _parsed_harm(json.dumps(_harm_object(spec, point), sort_keys=True), v, t)
+        return _shape(spec, isinstance(base.policy, MarkovPolicy), v, t, harm)
+    v, t = _setting(spec, point, "vocab_size"), _setting(spec, point, "horizon")
+    markov = spec.family["policy"]["kind"] == "markov"
+    if not markov:
+        from ._memory import check_fits
+
+        check_fits(v, t)  # before tabulating V**T logit rows
+    harm = _parsed_harm(json.dumps(_harm_object(spec, point), sort_keys=True), v, t)
+    return _shape(spec, markov, v, t, harm)
 
 
 def _autodiff(spec: SweepSpec) -> bool:
@@ -607,38 +624,6 @@ def instance_bytes(shape: _Shape, autodiff: bool = True) -> float:
     if shape.engine == "dp":
         return float(dp_estimate_bytes(shape.vocab_size, shape.horizon, shape.n_states, autodiff))
     return estimate_bytes(shape.vocab_size, shape.horizon)
-
-
-def _shape_from_point(spec: SweepSpec, point: dict) -> tuple[_Shape, Any]:
-    """Shape of an instance without drawing its policy (cheap): from the settings alone."""
-    from ._instance import from_dict
-
-    if spec.base is not None:
-        inst = from_dict(sweep_instance(spec, point))
-        return _shape_of(spec, inst), inst
-    v, t = _setting(spec, point, "vocab_size"), _setting(spec, point, "horizon")
-    kind = "markov" if spec.family["policy"]["kind"] == "markov" else "tabular"
-    if kind == "tabular":
-        from ._memory import check_fits
-
-        check_fits(v, t)  # before materialising V**T logit rows
-    # a stand-in policy with zero logits: same shape, same harm, nothing drawn
-    policy = (
-        {"kind": "markov", "initial_logits": [0.0] * v, "transition_logits": [[0.0] * v] * v}
-        if kind == "markov"
-        else {"kind": "tabular", "logits": [[0.0] * v] * sum(v**i for i in range(t))}
-    )
-    from ._instance import FORMAT as INSTANCE_FORMAT
-
-    stand_in = {
-        "format": INSTANCE_FORMAT,
-        "vocab_size": v,
-        "horizon": t,
-        "lambda": _setting(spec, point, "lambda"),
-        "policy": policy,
-        "harm": _harm_object(spec, point),
-    }
-    return _shape_of(spec, from_dict(stand_in)), None
 
 
 class SweepPlan(NamedTuple):
@@ -691,7 +676,7 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
     for point in points:
         key = tuple(sorted((k, v) for k, v in point.items() if k not in ("lambda", "seed", "scale")))
         if key not in cache:
-            cache[key] = _shape_from_point(spec, point)[0]
+            cache[key] = _shape_from_point(spec, point)
         shapes.append(cache[key])
     autodiff = _autodiff(spec)
     per_instance = max(instance_bytes(s, autodiff) for s in set(shapes))
