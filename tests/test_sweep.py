@@ -133,12 +133,18 @@ def test_tabular_and_mlp_families_and_harm_grid(tmp_path):
     toysim.sweep(path, progress=False)
     header, rows = table(tmp_path / "mlp.csv")
     check_rows_against_exact(path, header, rows)
-    # the replayed tabular instance has the MLP's law: E[h] from the MLP itself
+    # the replayed tabular instance has the MLP's law: E[h] by brute force over the 8 responses,
+    # with the MLP's per-prefix logits from prefix_logits (the sampling path, not logits)
     policy = toysim.MLPPolicy(2, 3, window=1, hidden=3)
     params = policy.init(jax.random.key(1), 1.0)
     h = toysim.harm_values(toysim.graded_harm(2, 3, [1]), 2, 3)
-    direct = toysim.analyze(policy, params, jax.numpy.asarray(h), 1.25)
-    assert abs(float(dict(zip(header, rows[1]))["expected_harm"]) - float(direct.expected_harm)) <= TOLERANCE
+    ys = np.array([[(k >> (2 - t)) & 1 for t in range(3)] for k in range(8)])  # lexicographic
+    log_p = np.zeros(8)
+    for t in range(3):
+        logits = np.asarray(policy.prefix_logits(params, jax.numpy.asarray(ys[:, :t])))
+        log_p += (logits - np.logaddexp.reduce(logits, axis=1, keepdims=True))[np.arange(8), ys[:, t]]
+    expected = float(np.sum(np.exp(log_p) * h))
+    assert abs(float(dict(zip(header, rows[1]))["expected_harm"]) - expected) <= TOLERANCE
 
 
 def test_base_instance_toml_spec_and_random_ranges(tmp_path):
@@ -157,7 +163,7 @@ def test_base_instance_toml_spec_and_random_ranges(tmp_path):
     (tmp_path / "base.json").write_text(json.dumps(base))
     (tmp_path / "spec.toml").write_text(
         'base = "base.json"\nquantities = ["expected_harm", "equilibrium_kl"]\noutput = "base.csv"\n'
-        'engine = "dp"\n[grid]\n"harm.deadline" = [1, 2]\n'
+        'engine = "enumerate"\n[grid]\n"harm.deadline" = [1, 2]\n'
         "[random]\nseed = 5\nsamples = 3\n[random.ranges.lambda]\nlow = 0.1\nhigh = 10.0\nlog = true\n"
     )
     path = str(tmp_path / "spec.toml")
