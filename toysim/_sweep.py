@@ -1211,7 +1211,14 @@ def sweep_plot(table_path: str, x: str, y: str, group: str | None = None, out: s
             ) from None
         lines.setdefault(row[ig] if ig is not None else "", {}).setdefault(xv, []).append(yv)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name, points in sorted(lines.items()):
+
+    def order(name: str):  # numeric groups in numeric order (seed 10 after seed 2)
+        try:
+            return (0, float(name), name)
+        except ValueError:
+            return (1, 0.0, name)
+
+    for name, points in sorted(lines.items(), key=lambda item: order(item[0])):
         xs = sorted(points)
         label = f"{group} = {name}" if group else None
         (line,) = ax.plot(xs, [float(np.mean(points[v])) for v in xs], marker="o", label=label)
