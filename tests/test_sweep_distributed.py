@@ -48,7 +48,8 @@ def rows_of(path):
     return rows[0], rows[1:]
 
 
-# three horizons: three shapes, each one chunk that compiles its own program (about a second each)
+# two horizons: two shapes, each one chunk that compiles its own program (about a second each): the
+# process is killed while it compiles the second
 KILL_SPEC = {
     "family": {
         "policy": {"kind": "markov"},
@@ -56,7 +57,7 @@ KILL_SPEC = {
         "horizon": 2,
         "harm": {"kind": "trigger", "trigger_tokens": [1]},
     },
-    "grid": {"horizon": [2, 3, 4], "lambda": [0.5, 2.0], "seed": [0, 1]},
+    "grid": {"horizon": [2, 3], "lambda": [0.5, 2.0], "seed": [0, 1]},
     "quantities": ["expected_harm", "equilibrium_kl", "harm_information"],
     "engine": "dp",
     "chunk_size": 4,
@@ -80,17 +81,17 @@ def test_killed_sweep_resumes_to_the_uninterrupted_table(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     _, partial = rows_of(out)
-    assert 4 <= len(partial) < 12, len(partial)
+    assert len(partial) == 4, len(partial)
 
     rerun = subprocess.run(cmd, cwd=tmp_path, env=child_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"{12 - len(partial)} instances computed, {len(partial)} already there" in rerun.stdout
+    assert f"{8 - len(partial)} instances computed, {len(partial)} already there" in rerun.stdout
 
     whole = write_spec(tmp_path, {**KILL_SPEC, "output": "whole.csv"}, "whole.json")
     toysim.sweep(whole, progress=False)
     assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
     _, rows = rows_of(out)
-    assert sorted(int(r[0]) for r in rows) == list(range(12))
+    assert sorted(int(r[0]) for r in rows) == list(range(8))
 
 
 DEVICE_SPEC = {
@@ -159,11 +160,7 @@ def free_port():
 
 
 def test_two_jax_processes_share_the_chunks_and_merge(tmp_path):
-    spec = {
-        **KILL_SPEC,
-        "grid": {"horizon": [2, 3], "lambda": [0.5, 2.0], "seed": [0, 1]},
-        "output": "two.csv",
-    }
+    spec = {**KILL_SPEC, "output": "two.csv"}
     path = write_spec(tmp_path, spec)
     address = f"127.0.0.1:{free_port()}"
     procs = [
