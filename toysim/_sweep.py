@@ -2,10 +2,10 @@
 
 A sweep spec (``toysim.sweep/1``, JSON, or TOML on Python >= 3.11; docs/sweeps.md) names a base
 instance file or a family of random instances, a grid and/or random ranges of parameters, the
-quantities of the exact report wanted, the engine, the chunk size and the output path. Every
-instance of the sweep is a ``toysim.instance/1`` object built by :func:`sweep_instance` and parsed
-by the same validation as ``toysim exact`` (``toysim._instance.from_dict``), so each row replays
-exactly.
+quantities of the exact report wanted, the engine, the chunk size and the output path. A chunk's
+policies are drawn in one call and each distinct harm is parsed once, as ``toysim exact`` parses
+it; :func:`sweep_instance` writes any instance as a ``toysim.instance/1`` object holding exactly
+the same numbers (tests/test_sweep.py checks them bit for bit), so each row replays.
 
 Instances of one shape (engine, policy class, ``V``, ``T``, automaton states ``S``) are analysed in
 chunks by one compiled program: ``jax.vmap`` of the per-instance analysis (the tree engine's
