@@ -149,6 +149,13 @@ from ._sampling import exact_gradients as exact_gradients
 from ._sampling import reinforce_gradients as reinforce_gradients
 from ._sampling import sample_sequences as sample_sequences
 from ._sampling import sampling_versus_exact as sampling_versus_exact
+from ._sweep import SweepResult as SweepResult
+from ._sweep import SweepSpec as SweepSpec
+from ._sweep import load_sweep_spec as load_sweep_spec
+from ._sweep import merge_sweep_parts as merge_sweep_parts
+from ._sweep import sweep as sweep
+from ._sweep import sweep_plot as sweep_plot
+from ._sweep import sweep_replay as sweep_replay
 from ._training import TrainingResult as TrainingResult
 from ._training import policy_log_probs as policy_log_probs
 from ._training import spillover_by_position as spillover_by_position
@@ -184,6 +191,8 @@ __all__ = [
     "ProductEngine",
     "RecoverySpec",
     "Reweighted",
+    "SweepResult",
+    "SweepSpec",
     "TableHarm",
     "TabularPolicy",
     "TrainingResult",
@@ -252,6 +261,7 @@ __all__ = [
     "kl_by_position",
     "levels_from_log_cond",
     "load_instance",
+    "load_sweep_spec",
     "loads_instance",
     "log_backward",
     "log_no_recovery",
@@ -259,6 +269,7 @@ __all__ = [
     "log_recovery_probability",
     "logit_recovery",
     "martingale_summary",
+    "merge_sweep_parts",
     "min_log_recovery",
     "min_recovery_probability",
     "minimize",
@@ -291,6 +302,9 @@ __all__ = [
     "spillover_by_position",
     "standard_loss",
     "standard_optimum",
+    "sweep",
+    "sweep_plot",
+    "sweep_replay",
     "table_harm",
     "teaching",
     "tilt",

@@ -17,6 +17,7 @@ import math
 import os
 import sys
 
+from ._cli import enable_compilation_cache as _enable_compilation_cache  # also used by mutations/runner.py
 from ._cli import out_dir_arg, seed_arg
 
 
@@ -69,29 +70,6 @@ def _progress(i: int, n: int, result) -> None:
         file=sys.stderr,
         flush=True,
     )
-
-
-def _enable_compilation_cache() -> None:
-    """Keep XLA compilations on disk between runs (~3x less CPU time for a repeated run).
-
-    The checks are dominated by compiling many small operations for a handful of shapes; JAX's
-    persistent cache stores them under ``$XDG_CACHE_HOME/toysim/jax`` (``~/.cache/toysim/jax``)
-    unless ``JAX_COMPILATION_CACHE_DIR`` already names a folder. Set ``TOYSIM_NO_JAX_CACHE=1`` to
-    disable it.
-    """
-    import jax
-
-    if os.environ.get("TOYSIM_NO_JAX_CACHE") or jax.config.jax_compilation_cache_dir:
-        return
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    folder = os.path.join(base, "toysim", "jax")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return  # no cache: slower, still correct
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _validate_names(names) -> None:
