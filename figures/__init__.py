@@ -152,11 +152,11 @@ FIGURES: list[FigureSpec] = [
         "figures.fig9_depth_by_method",
         "Every alignment method whose optimum reweights π_0 by a function of the harm (RL, DPO, IPO, "
         "rejection sampling, best-of-N), and the token-wise KL constraint, puts exactly zero KL past "
-        "the horizon k and is exactly as vulnerable as π_0 to prefills there; only augmentation and "
-        "the recovery penalty are deeper.",
+        "the horizon k and is exactly as vulnerable as π_0 to prefills there; only the recovery "
+        "penalty is deeper.",
         "the instance of figure 5 (tabular π_0 V=3, T=5, deadline harm k=2, R={0}, λ=1, μ=3, γ=0.6); "
         "DPO with β=1, β_r=λ (its optimum is the tilt), IPO β=1, best-of-4, β_t=(0.5, 2, 2, 2, 2); "
-        "closed forms, and certified Newton training for augmentation and the recovery penalty.",
+        "closed forms, and certified Newton training for the recovery penalty.",
     ),
     FigureSpec(
         "fig10_kl_harm_frontier",

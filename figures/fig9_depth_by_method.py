@@ -3,13 +3,18 @@
 Claim: every method whose optimum reweights ``π_0`` by a function of the harm (KL-regularised RL,
 DPO, IPO, rejection sampling, best-of-N; the token-wise KL constraint too) puts exactly zero KL
 past the harm horizon ``k`` and is exactly as vulnerable as ``π_0`` to prefilling attacks there, so
-its depth is at most ``k``; only the recovery objectives (data augmentation, the recovery penalty)
-move the policy past ``k`` and resist every prefill (docs/theory.md §11).
+its depth is at most ``k``; only the recovery penalty moves the policy past ``k`` and resists every
+prefill (docs/theory.md §11).
+
+Data augmentation (cross-entropy on recovery tokens) is deep too (``toysim objectives`` reports its
+depth) but is not drawn: its optimum is ill-conditioned, the cross-entropy pushing ``π(R|x)`` toward
+1 at harmful prefixes that the aligned policy rarely visits, and its certificate bounds the logits
+only to about 2 (measured on this instance), so its curve would not be a certified number.
 
 Computed by :func:`toysim.compare_methods` on the instance of figure 5 (tabular ``π_0``, deadline
 harm): closed forms for the reweightings and the token-wise optimum (``β_t`` = 0.5 at ``t = 1`` and
-2 after, a constraint loosened after the first token), certified Newton training for augmentation
-and the recovery penalty (their logits certified to :data:`CERTIFIED_TOL`; ``data`` refuses
+2 after, a constraint loosened after the first token), certified Newton training for the recovery
+penalty (its logits certified to :data:`CERTIFIED_TOL`; ``data`` refuses
 otherwise).
 """
 
@@ -26,20 +31,20 @@ from .fig5_recovery_penalty import GAMMA, LAM, MU, POLICY_SEED, RECOVERY
 NAME = "fig9_depth_by_method"
 FULL = {"vocab_size": 3, "horizon": 5, "deadline": 2}
 TINY = {"vocab_size": 2, "horizon": 3, "deadline": 1}
-# The trained optima (augmentation, recovery penalty) must certify ‖θ − θ*‖ ≤ CERTIFIED_TOL in logits
-# (measured 1e-10 to 3e-9). D_t moves by O(1) times that (its logit derivatives are bounded by
-# O(1 + |log π/π_0|)), and log A(k), a sum of at most T log-probabilities whose logit derivatives are
-# at most 1 in size, by at most 2T times that: both far below the 4 digits drawn. Their attack curves
-# are published as log10 A(k) (values down to 1e-30 keep their 4 relative digits).
-CERTIFIED_TOL = 1e-6
-TRAINED_METHODS = ("augmentation", "recovery_penalty")
+# The trained optimum (recovery penalty) must certify ‖θ − θ*‖ ≤ CERTIFIED_TOL in its logits: Newton
+# stops at ‖∇L‖ ≈ 1.5e-12 (rounding) and the flattest curvature off the gauge is ≈ 6e-7, so the local
+# bound is 2.7e-6 on the full instance. D_t moves by O(1) times that (its logit derivatives are
+# bounded by O(1 + |log π/π_0|)) and log A(k), a sum of at most T log-probabilities with logit
+# derivatives at most 1, by at most 2T times that: below a percent of every drawn value on a log
+# axis. Its attack curve is published as log10 A(k) (values down to 1e-30 keep relative digits).
+CERTIFIED_TOL = 1e-5
+TRAINED_METHODS = ("recovery_penalty",)
 METHODS = (
     ("tilt", "KL-regularised RL (tilt) = DPO", _style.OKABE_ITO["blue"], "s"),
     ("ipo", "IPO", _style.OKABE_ITO["sky"], "v"),
     ("best_of_n", "best-of-4", _style.OKABE_ITO["orange"], "^"),
     ("rejection_sampling", "rejection sampling = SFT", _style.OKABE_ITO["yellow"], "<"),
     ("token_wise_kl", "token-wise KL", _style.OKABE_ITO["purple"], ">"),
-    ("augmentation", "augmentation", _style.OKABE_ITO["green"], "o"),
     ("recovery_penalty", "recovery penalty", _style.OKABE_ITO["vermillion"], "D"),
 )
 TRAINED = {f"{what}_{name}": CERTIFIED_TOL for name in TRAINED_METHODS for what in ("kl", "log10_attack")}
@@ -143,7 +148,7 @@ def plot(numbers: dict[str, np.ndarray]):
     ax_a.set_ylabel(r"per-position KL $D_t$")
     ax_a.set_xlabel(_style.SYMBOL["t"])
     ax_a.set_xticks(positions)
-    ax_a.legend(loc="lower left", fontsize=6, ncol=2, handlelength=1.4)
+    ax_a.legend(loc="upper right", fontsize=5.5, ncol=1, handlelength=1.4)
     _style.panel_label(ax_a, "(a) where each method moves the policy")
     _style.mark_horizon(ax_a, k, label=r"$k$")
     ax_b.axhline(attack_floor, color=_style.HORIZON_COLOR, lw=0.5, ls=":")
