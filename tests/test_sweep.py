@@ -210,12 +210,28 @@ def test_resume_computes_only_missing_rows(tmp_path):
     assert (tmp_path / "table.csv").read_bytes() == full
 
 
-def test_compiles_once_per_shape(tmp_path):
+def test_compiles_once_per_shape(tmp_path, monkeypatch):
     spec = {**MARKOV_FAMILY, "engine": "dp", "chunk_size": 1, "quantities": ["expected_harm"]}
-    spec["family"] = {**spec["family"], "horizon": 5}  # a shape no other test compiles
-    toysim.sweep(write_spec(tmp_path, spec), progress=False)
-    program = _sweep._dp_program(5, ("expected_harm",), False)
-    assert program._cache_size() == 1  # six chunks, one compilation
+    spec["family"] = {**spec["family"], "horizon": 5}
+    traces = []
+    original = _sweep.dp_one
+
+    def counted(*args):
+        one = original(*args)
+
+        def traced(*xs):
+            traces.append(1)  # runs once per trace: a second compilation would trace again
+            return one(*xs)
+
+        return traced
+
+    monkeypatch.setattr(_sweep, "dp_one", counted)
+    _sweep._dp_program.cache_clear()
+    try:
+        toysim.sweep(write_spec(tmp_path, spec), progress=False)
+    finally:
+        _sweep._dp_program.cache_clear()
+    assert len(traces) == 1  # six chunks, one trace and compilation
 
 
 def test_parts_merge_to_the_one_process_table(tmp_path, capsys):
