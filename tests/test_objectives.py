@@ -177,6 +177,13 @@ def test_frontier_and_certificates(graded):
     np.testing.assert_allclose(
         tree.methods["token_wise_kl"].kl_by_position, tree.methods["tilt"].kl_by_position, atol=TOL
     )
+    # the extras: best-of-N's usual KL formula bounds its exact KL; at the tilt the sequence-KL
+    # objective is stationary while the per-token penalty's update is not (the score term)
+    bon = tree.methods["best_of_n"]
+    assert bon.kl <= bon.extras["kl_bound"] == pytest.approx(np.log(2) - 0.5)
+    penalty = tree.methods["token_wise_kl"].extras["per_token_penalty"]
+    assert penalty["sequence_kl_grad_norm"] < 1e-12 and penalty["gap_norm"] > 1e-4
+    assert penalty["gap_norm"] == pytest.approx(penalty["per_token_update_norm"], abs=1e-12)
     # in-family (Markov) optima can do no better than the optimum over all policies
     for name, m in tree.in_family.items():
         assert m.kl >= m.frontier_kl - 1e-10, name

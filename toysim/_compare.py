@@ -31,10 +31,12 @@ import numpy as np
 
 from ._dp import ProductEngine, automaton_arrays, check_markov
 from ._enumerate import Levels, forward
+from ._equilibrium import reweight
 from ._harms import AutomatonHarm, harm_values
 from ._martingale import harm_martingale
 from ._memory import available_bytes, check_fits, dp_check_fits, refuse_unless_fits
 from ._methods import (
+    best_of_n_kl_bound,
     best_of_n_log_weights,
     check_count,
     check_positive,
@@ -52,6 +54,7 @@ from ._objectives import (
     harm_expectation,
     ipo_loss,
     kl_by_position,
+    per_token_penalty_gap,
     recovery_objective,
     sft_loss,
     standard_loss,
@@ -135,6 +138,10 @@ class MethodOutcome(NamedTuple):
       frontier_kl: the least KL of any policy with the same ``E[h]`` (:func:`frontier_kl`).
       certificate: how the optimum was obtained: ``{"optimum": "closed form", …}`` or a training
         certificate.
+      extras: what only this method has: best-of-N's ``kl_bound`` ``log N − (N−1)/N``; the
+        token-wise constraint's ``per_token_penalty`` (at the tilt, the optimum of the sequence-KL
+        objective: the norm of the per-token KL penalty's update direction, which is the exact gap
+        between the two gradients there, since the sequence objective's gradient is 0).
     """
 
     expected_harm: float
@@ -144,6 +151,7 @@ class MethodOutcome(NamedTuple):
     depth: int | None
     frontier_kl: float | None
     certificate: dict
+    extras: dict = {}
 
 
 class Comparison(NamedTuple):
@@ -267,6 +275,33 @@ def _tabular_grad_norm(loss: Callable, levels: Levels, args: tuple) -> float:
     """``‖∇ loss‖`` over tabular logits at ``levels`` (a closed form's optimality residual)."""
     grad = _tabular_grad(loss, tuple(levels.log_cond), *args)
     return float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grad))))
+
+
+@jax.jit
+def _per_token_penalty_norms(base: Levels, h, lam):
+    policy = TabularPolicy(base.vocab_size, base.horizon)
+    star = tuple(reweight(base, -lam * h).levels.log_cond)
+
+    def objective(z):
+        return lam * harm_expectation(forward(policy, z), h)
+
+    harm_grad = jax.grad(objective)(star)
+    seq, tok = per_token_penalty_gap(lambda z: forward(policy, z), star, base)
+
+    def norm(tree):
+        return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(tree)))
+
+    sequence = jax.tree_util.tree_map(jnp.add, harm_grad, seq)
+    per_token = jax.tree_util.tree_map(jnp.add, harm_grad, tok)
+    gap = jax.tree_util.tree_map(jnp.subtract, seq, tok)
+    return norm(sequence), norm(per_token), norm(gap)
+
+
+def _per_token_penalty_at_tilt(base: Levels, h, lam: float) -> dict:
+    """At the tilt (tabular logits), ``‖∇(λE[h] + KL)‖`` (0: its optimum), the norm of the update
+    of ``λE[h]`` plus the per-token KL penalty, and the norm of their difference."""
+    sequence, per_token, gap = (float(x) for x in _per_token_penalty_norms(base, h, jnp.float64(lam)))
+    return {"sequence_kl_grad_norm": sequence, "per_token_update_norm": per_token, "gap_norm": gap}
 
 
 def _check_pairs(n_leaves: int, what: str) -> None:
@@ -557,6 +592,7 @@ def _compare_tree(instance, names: tuple[str, ...], s: MethodSettings) -> Compar
                     loss, reweighted_levels(base, jnp.asarray(log_w)), args
                 )
             targets[name] = probs * np.exp(np.asarray(log_w, dtype=np.float64))
+            extras = {"kl_bound": best_of_n_kl_bound(s.n)} if name == "best_of_n" else {}
             methods[name] = _outcome(
                 r.expected_harm,
                 r.kl,
@@ -565,7 +601,7 @@ def _compare_tree(instance, names: tuple[str, ...], s: MethodSettings) -> Compar
                 base_curve,
                 frontier(r.expected_harm),
                 certificate,
-            )
+            )._replace(extras=extras)
         elif name == "token_wise_kl":
             star = token_wise_optimum(base, h, lam, betas)
             loss, args = losses[name]
@@ -574,7 +610,9 @@ def _compare_tree(instance, names: tuple[str, ...], s: MethodSettings) -> Compar
                 "engine": "enumerate",
                 "grad_norm": _tabular_grad_norm(loss, star, args),
             }
-            methods[name] = summarize(star, certificate)
+            methods[name] = summarize(star, certificate)._replace(
+                extras={"per_token_penalty": _per_token_penalty_at_tilt(base, h, lam)}
+            )
         elif name == "sft" and s.sft_kl == 0:
             from ._methods import reweighted_levels
 

@@ -412,6 +412,7 @@ def objectives_report(comparison: Any, instance: Any) -> dict:
             "frontier_kl": m.frontier_kl,
             "frontier_gap": gap,
             "certificate": m.certificate,
+            **m.extras,
         }
 
     return {

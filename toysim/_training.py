@@ -297,7 +297,8 @@ def train_objective(
       steps, optimizer, tol, progress: as for :func:`toysim.minimize`.
 
     Returns:
-      :class:`toysim.OptimizeResult` with its certificate (gauge: every ``log π(v|p)``).
+      The optimizer's record (:class:`toysim.OptimizeResult`) and its certificate, whose gauge is
+      every ``log π(v|p)`` of the policy.
     """
     return minimize(
         Objective(_levels_objective, (loss, policy)),
