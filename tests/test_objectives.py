@@ -184,6 +184,11 @@ def test_frontier_and_certificates(graded):
     penalty = tree.methods["token_wise_kl"].extras["per_token_penalty"]
     assert penalty["sequence_kl_grad_norm"] < 1e-12 and penalty["gap_norm"] > 1e-4
     assert penalty["gap_norm"] == pytest.approx(penalty["per_token_update_norm"], abs=1e-12)
+    # augmentation's sampled estimate (1000 draws) agrees with the exact term within 5 standard errors
+    aug = tree.methods["augmentation"].extras
+    est = aug["sampled_estimate"]
+    assert aug["augmentation_term"] > 0 and 0 < est["standard_error"]
+    assert abs(est["mean"] - aug["augmentation_term"]) <= 5 * est["standard_error"]
     # in-family (Markov) optima can do no better than the optimum over all policies
     for name, m in tree.in_family.items():
         assert m.kl >= m.frontier_kl - 1e-10, name

@@ -63,8 +63,10 @@ from ._objectives import (
 from ._policies import MarkovPolicy, TabularPolicy
 from ._recovery import (
     attack_curves,
+    augmentation_samples,
     harmful_log_marginals,
     harmful_prefix_marginals,
+    log_recovery_probability,
     recovery_mask,
     recovery_spec,
 )
@@ -138,7 +140,9 @@ class MethodOutcome(NamedTuple):
       frontier_kl: the least KL of any policy with the same ``E[h]`` (:func:`frontier_kl`).
       certificate: how the optimum was obtained: ``{"optimum": "closed form", …}`` or a training
         certificate.
-      extras: what only this method has: best-of-N's ``kl_bound`` ``log N − (N−1)/N``; the
+      extras: what only this method has: augmentation's exact recovery term at its optimum and
+        Qi et al.'s sampled estimate of it (``augmentation_term``, ``sampled_estimate``);
+        best-of-N's ``kl_bound`` ``log N − (N−1)/N``; the
         token-wise constraint's ``per_token_penalty`` (at the tilt, the optimum of the sequence-KL
         objective: the norm of the per-token KL penalty's update direction, which is the exact gap
         between the two gradients there, since the sequence objective's gradient is 0).
@@ -302,6 +306,36 @@ def _per_token_penalty_at_tilt(base: Levels, h, lam: float) -> dict:
     of ``λE[h]`` plus the per-token KL penalty, and the norm of their difference."""
     sequence, per_token, gap = (float(x) for x in _per_token_penalty_norms(base, h, jnp.float64(lam)))
     return {"sequence_kl_grad_norm": sequence, "per_token_update_norm": per_token, "gap_norm": gap}
+
+
+AUGMENTATION_SAMPLES = 1000
+AUGMENTATION_SEED = 0
+
+
+def _augmentation_estimate(levels: Levels, spec) -> dict:
+    """The recovery part of the augmentation loss at ``levels``, exactly and as Qi et al.'s sampled
+    estimate (:data:`AUGMENTATION_SAMPLES` draws, seed :data:`AUGMENTATION_SEED`: deterministic)."""
+    inside, _ = log_recovery_probability(levels, spec.mask)
+    exact = sum(
+        float(
+            spec.discounts[t] * jnp.sum(jnp.where(spec.q_prefix[t] > 0, -spec.q_prefix[t] * inside[t], 0.0))
+        )
+        for t in range(levels.horizon)
+    )
+    draws = np.asarray(
+        augmentation_samples(
+            jax.random.key(AUGMENTATION_SEED), levels, spec, AUGMENTATION_SAMPLES, cross_entropy=True
+        )
+    )
+    return {
+        "augmentation_term": exact,
+        "sampled_estimate": {
+            "samples": AUGMENTATION_SAMPLES,
+            "seed": AUGMENTATION_SEED,
+            "mean": float(draws.mean()),
+            "standard_error": float(draws.std(ddof=1) / np.sqrt(draws.size)),
+        },
+    }
 
 
 def _check_pairs(n_leaves: int, what: str) -> None:
@@ -624,7 +658,10 @@ def _compare_tree(instance, names: tuple[str, ...], s: MethodSettings) -> Compar
         else:
             loss, args = losses[name]
             res = train_objective(tabular, tuple(base.log_cond), loss, args, steps=s.steps)
-            methods[name] = summarize(forward(tabular, res.params), res.certificate.to_dict())
+            trained = forward(tabular, res.params)
+            methods[name] = summarize(trained, res.certificate.to_dict())
+            if name == "augmentation":
+                methods[name] = methods[name]._replace(extras=_augmentation_estimate(trained, spec))
         if not isinstance(policy, TabularPolicy):
             if name in ("rejection_sampling", "best_of_n"):
                 target = targets[name] / targets[name].sum()

@@ -578,18 +578,23 @@ def standard_optimum(base: Levels, h: Float[Array, " leaves"], lam: float) -> Le
 # --------------------------------------------------------------------------- data augmentation
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples",))
-def augmentation_samples(key: jax.Array, levels: Levels, spec: RecoverySpec, num_samples: int) -> Array:
+@functools.partial(jax.jit, static_argnames=("num_samples", "cross_entropy"))
+def augmentation_samples(
+    key: jax.Array, levels: Levels, spec: RecoverySpec, num_samples: int, cross_entropy: bool = False
+) -> Array:
     """Monte-Carlo samples of the recovery term by Qi et al.'s augmentation recipe (docs/theory.md §9).
 
     Each sample draws a harmful response prefix ``y ~ Q`` (its first ``T − 1`` tokens, from
     ``Q_{T−1}``), a uniform prefix length ``t − 1`` with ``t ~ U{1..T}``, and scores the
     recovery target after ``y_<t``: ``T · μγ^{t−1} · (1 − π(R | y_<t))``. Its mean is exactly the
-    recovery term (``Q``'s marginals are consistent across lengths).
+    recovery term (``Q``'s marginals are consistent across lengths). With ``cross_entropy`` the
+    score is ``T · μγ^{t−1} · (−log π(R | y_<t))``, the cross-entropy of augmentation's training
+    data, whose mean is the recovery part of :func:`toysim.augmentation_loss` (docs/theory.md §11).
 
     Args:
       key: a ``jax.random`` key.
       num_samples: ``N >= 1``.
+      cross_entropy: score by cross-entropy instead of ``1 − π(R | y_<t)``.
 
     Returns:
       ``(N,)`` samples.
@@ -602,10 +607,11 @@ def augmentation_samples(key: jax.Array, levels: Levels, spec: RecoverySpec, num
     response = jax.random.categorical(k_resp, jnp.log(q_last), shape=(num_samples,))
     t = jax.random.randint(k_len, (num_samples,), 1, T + 1)
     prefix = response // V ** (T - t)  # index of y_<t among prefixes of length t − 1
-    _, outside = log_recovery_probability(levels, spec.mask)
+    inside, outside = log_recovery_probability(levels, spec.mask)
+    score = [-x for x in inside] if cross_entropy else [jnp.exp(x) for x in outside]
     values = jnp.zeros(num_samples)
     for s in range(1, T + 1):
-        picked = jnp.exp(outside[s - 1])[jnp.where(t == s, prefix, 0)]
+        picked = score[s - 1][jnp.where(t == s, prefix, 0)]
         values = jnp.where(t == s, T * spec.discounts[s - 1] * picked, values)
     return values
 
