@@ -360,11 +360,11 @@ MUTANTS: tuple[Mutant, ...] = (
         ("sft_coverage",),
     ),
     Mutant(
-        "frontier_bisection_reversed",
+        "frontier_bracket_reversed",
         "toysim/_compare.py",
-        "        if harm_and_kl(mid)[0] > target:\n            lo = mid\n        else:\n            hi = mid\n",
-        "        if harm_and_kl(mid)[0] > target:\n            hi = mid\n        else:\n            lo = mid\n",
-        "the frontier's bisection on λ moves the wrong end: converges away from E_λ[h] = target",
+        "        if f_mid > 0:\n            lo, f_lo = lam, f_mid\n",
+        "        if f_mid < 0:\n            lo, f_lo = lam, f_mid\n",
+        "the frontier's root search on λ moves the wrong end of its bracket: converges away from E_λ[h] = target",
         ("frontier_binary", "methods_above_frontier"),
     ),
     # ---------------------------------------------------------------- _report

@@ -201,8 +201,9 @@ def frontier_kl(
 ) -> float | None:
     """``min {KL(π ‖ π_0) : E_π[h] ≤ target}``: the KL–harm frontier at ``target``.
 
-    The minimiser is a tilt ``π_0 e^{−λh}`` (docs/theory.md §11); ``λ`` is found by bisection on
-    ``E_λ[h] = target`` (``E_λ[h]`` decreases in ``λ``). At the least harm value ``h_min`` the
+    The minimiser is a tilt ``π_0 e^{−λh}`` (docs/theory.md §11); ``λ`` is the root of
+    ``E_λ[h] = target`` (``E_λ[h]`` decreases in ``λ``), bracketed by doubling and found by the
+    Illinois method (regula falsi that keeps the bracket). At the least harm value ``h_min`` the
     frontier is the limit ``λ → ∞``, ``−log P_0(h = h_min)``; below it, ``None`` (no policy).
 
     Args:
@@ -221,17 +222,28 @@ def frontier_kl(
     if target <= h_min + 1e-15 * scale:
         return float(-np.log(probs[0]))
     lo, hi = 0.0, 1.0
-    while harm_and_kl(hi)[0] > target and hi < 1e12:
-        lo, hi = hi, 2.0 * hi
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
+    f_lo, f_hi = e0 - target, harm_and_kl(hi)[0] - target
+    while f_hi > 0 and hi < 1e12:
+        lo, f_lo, hi = hi, f_hi, 2.0 * hi
+        f_hi = harm_and_kl(hi)[0] - target
+    # Illinois (regula falsi keeping a bracket): superlinear, ~10 evaluations instead of ~60 halvings
+    lam, kept = hi, None
+    for _ in range(100):
+        lam = hi - f_hi * (hi - lo) / (f_hi - f_lo)
+        if not lo < lam < hi:
+            lam = 0.5 * (lo + hi)
+        f_mid = harm_and_kl(lam)[0] - target
+        if abs(f_mid) <= 1e-16 * scale or hi - lo <= 4e-16 * hi:
             break
-        if harm_and_kl(mid)[0] > target:
-            lo = mid
+        if f_mid > 0:
+            lo, f_lo = lam, f_mid
+            f_hi = f_hi / 2 if kept == "hi" else f_hi
+            kept = "hi"
         else:
-            hi = mid
-    return float(harm_and_kl(0.5 * (lo + hi))[1])
+            hi, f_hi = lam, f_mid
+            f_lo = f_lo / 2 if kept == "lo" else f_lo
+            kept = "lo"
+    return float(harm_and_kl(lam)[1])
 
 
 # ------------------------------------------------------------------------------ shared pieces
