@@ -229,8 +229,9 @@ def frontier_kl(
     # Illinois (regula falsi keeping a bracket): superlinear, ~10 evaluations instead of ~60 halvings
     lam, kept = hi, None
     for _ in range(100):
-        lam = hi - f_hi * (hi - lo) / (f_hi - f_lo)
-        if not lo < lam < hi:
+        slope = f_hi - f_lo
+        lam = hi - f_hi * (hi - lo) / slope if slope != 0 else 0.5 * (lo + hi)
+        if not lo < lam < hi:  # also a NaN step: fall back to halving
             lam = 0.5 * (lo + hi)
         f_mid = harm_and_kl(lam)[0] - target
         if abs(f_mid) <= 1e-16 * scale or hi - lo <= 4e-16 * hi:
