@@ -84,6 +84,15 @@ def _cmd_exact(args) -> int:
     return 0
 
 
+def uncertified_exit(failed: list[str]) -> int:
+    """Exit status of a command whose trained results must certify themselves: 0, or 1 after one
+    line on stderr naming every run in ``failed`` (shared by ``deep`` and ``objectives``)."""
+    if not failed:
+        return 0
+    print(f"toysim: did not converge: {'; '.join(failed)} (try --steps)", file=sys.stderr)
+    return 1
+
+
 def write_json(report: dict, compact: bool = False) -> None:
     """Print a report as JSON on stdout (NaN and infinity refused), shared by every subcommand."""
     json.dump(report, sys.stdout, indent=None if compact else 1, allow_nan=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ._cli import write_json
+from ._cli import uncertified_exit, write_json
 
 
 def _numbers(text: str, flag: str, kind=float) -> list:
@@ -79,10 +79,7 @@ def _cmd_objectives(args) -> int:
         for name, m in report[where].items()
         if m["certificate"].get("optimum") != "closed form" and not m["certificate"].get("converged")
     ]
-    if failed:
-        print(f"toysim: did not converge: {'; '.join(failed)} (try --steps)", file=sys.stderr)
-        return 1
-    return 0
+    return uncertified_exit(failed)
 
 
 def register(sub) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from ._cli import write_json
+from ._cli import uncertified_exit, write_json
 
 
 def _tokens(text: str) -> list[int]:
@@ -68,13 +66,7 @@ def _cmd_deep(args) -> int:
         for name, cert in report.get("certificates", {}).items()
         if not cert["converged"]
     ]
-    if failed:
-        print(
-            f"toysim: did not converge: {'; '.join(failed)} (try --steps)",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return uncertified_exit(failed)
 
 
 def register(sub) -> None:

@@ -32,6 +32,7 @@ import numpy as np
 from ._dp import ProductEngine, automaton_arrays, check_markov
 from ._enumerate import Levels, forward
 from ._equilibrium import reweight
+from ._gradient import tree_sq_norm
 from ._harms import AutomatonHarm, harm_values
 from ._martingale import harm_martingale
 from ._memory import available_bytes, check_fits, dp_check_fits, refuse_unless_fits
@@ -45,11 +46,13 @@ from ._methods import (
     harm_levels,
     ipo_log_weights,
     rejection_log_weights,
+    reweighted_levels,
     reweighting,
     token_wise_optimum,
 )
 from ._objectives import (
     augmentation_loss,
+    augmentation_term,
     dpo_loss,
     harm_expectation,
     ipo_loss,
@@ -66,7 +69,6 @@ from ._recovery import (
     augmentation_samples,
     harmful_log_marginals,
     harmful_prefix_marginals,
-    log_recovery_probability,
     recovery_mask,
     recovery_spec,
 )
@@ -291,7 +293,7 @@ def _tabular_grad(loss: Callable, log_cond: tuple, *args):
 def _tabular_grad_norm(loss: Callable, levels: Levels, args: tuple) -> float:
     """``‖∇ loss‖`` over tabular logits at ``levels`` (a closed form's optimality residual)."""
     grad = _tabular_grad(loss, tuple(levels.log_cond), *args)
-    return float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grad))))
+    return float(jnp.sqrt(tree_sq_norm(grad)))
 
 
 @jax.jit
@@ -306,7 +308,7 @@ def _per_token_penalty_norms(base: Levels, h, lam):
     seq, tok = per_token_penalty_gap(lambda z: forward(policy, z), star, base)
 
     def norm(tree):
-        return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(tree)))
+        return jnp.sqrt(tree_sq_norm(tree))
 
     sequence = jax.tree_util.tree_map(jnp.add, harm_grad, seq)
     per_token = jax.tree_util.tree_map(jnp.add, harm_grad, tok)
@@ -328,13 +330,7 @@ AUGMENTATION_SEED = 0
 def _augmentation_estimate(levels: Levels, spec) -> dict:
     """The recovery part of the augmentation loss at ``levels``, exactly and as Qi et al.'s sampled
     estimate (:data:`AUGMENTATION_SAMPLES` draws, seed :data:`AUGMENTATION_SEED`: deterministic)."""
-    inside, _ = log_recovery_probability(levels, spec.mask)
-    exact = sum(
-        float(
-            spec.discounts[t] * jnp.sum(jnp.where(spec.q_prefix[t] > 0, -spec.q_prefix[t] * inside[t], 0.0))
-        )
-        for t in range(levels.horizon)
-    )
+    exact = float(augmentation_term(levels, spec))
     draws = np.asarray(
         augmentation_samples(
             jax.random.key(AUGMENTATION_SEED), levels, spec, AUGMENTATION_SAMPLES, cross_entropy=True
@@ -632,8 +628,6 @@ def _compare_tree(instance, names: tuple[str, ...], s: MethodSettings) -> Compar
             r = jax.device_get(_tree_reweighting(base, jnp.asarray(log_w), h, mask, log_q))
             certificate: dict = {"optimum": "closed form", "engine": "enumerate"}
             if name in losses and (name not in ("dpo", "ipo") or _pairs_fit(V**T)):
-                from ._methods import reweighted_levels
-
                 loss, args = losses[name]
                 certificate["grad_norm"] = _tabular_grad_norm(
                     loss, reweighted_levels(base, jnp.asarray(log_w)), args
@@ -661,8 +655,6 @@ def _compare_tree(instance, names: tuple[str, ...], s: MethodSettings) -> Compar
                 extras={"per_token_penalty": _per_token_penalty_at_tilt(base, h, lam)}
             )
         elif name == "sft" and s.sft_kl == 0:
-            from ._methods import reweighted_levels
-
             with np.errstate(divide="ignore"):
                 log_w = np.log(np.asarray(data)) - np.log(probs)
             methods[name] = summarize(

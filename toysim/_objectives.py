@@ -269,12 +269,21 @@ def augmentation_loss(
     random length; its population loss is the expectation over the prefix law ``Q`` and the cut
     position, here with the recovery penalty's weights ``μγ^{t−1}`` (a uniform cut is ``γ = 1``).
     """
+    return (
+        lam * harm_expectation(levels, h)
+        + jnp.sum(kl_by_position(levels, base))
+        + augmentation_term(levels, spec)
+    )
+
+
+def augmentation_term(levels: Levels, spec: RecoverySpec) -> Array:
+    """``Σ_t μγ^{t−1} E_{x~Q_{t−1}}[−log π(R | x)]``: the recovery part of :func:`augmentation_loss`
+    (the mean of ``toysim.augmentation_samples(..., cross_entropy=True)``)."""
     inside, _ = log_recovery_probability(levels, spec.mask)
-    cross = sum(
+    return sum(
         spec.discounts[t] * jnp.sum(jnp.where(spec.q_prefix[t] > 0, -spec.q_prefix[t] * inside[t], 0.0))
         for t in range(levels.horizon)
     )
-    return lam * harm_expectation(levels, h) + jnp.sum(kl_by_position(levels, base)) + cross
 
 
 def per_token_penalty_gap(levels_fn, params: PyTree, base: Levels) -> tuple[PyTree, PyTree]:
