@@ -177,8 +177,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "automaton_states_transposed",
         "toysim/_harms.py",
-        "        states = harm.transitions[states].reshape(-1)\n",
-        "        states = harm.transitions[states].T.reshape(-1)\n",
+        "        states = transitions[states].reshape(-1)\n",
+        "        states = transitions[states].T.reshape(-1)\n",
         "automaton leaf harms laid out token-major instead of lexicographically",
         ("dp_matches_enumeration",),
     ),

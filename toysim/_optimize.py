@@ -22,14 +22,17 @@ import functools
 import math
 import sys
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from ._types import PyTree
+
+if TYPE_CHECKING:  # optax is imported where an optimizer is built: most runs (Newton, every
+    # `toysim exact`) never need it, and importing it costs ~0.17 s of every process's start-up
+    import optax
 
 OPTIMIZERS = ("auto", "newton", "lbfgs", "adam", "sgd")
 # Newton (and the curvature of the certificate) build the explicit n × n Hessian: n^2 floats and
@@ -132,6 +135,8 @@ def make_optimizer(name: str, learning_rate: float | None) -> optax.GradientTran
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
     if learning_rate is not None and not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    import optax
+
     if name in ("auto", "newton"):
         return optax.identity()
     if name == "lbfgs":
@@ -250,6 +255,8 @@ def _newton_step(x, args, *, loss_fn, unravel):
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "optimizer", "learning_rate"))
 def _step(params, state, args, *, loss_fn, optimizer, learning_rate):
+    import optax
+
     opt = make_optimizer(optimizer, learning_rate)
 
     def f(p):
@@ -266,6 +273,8 @@ def _step(params, state, args, *, loss_fn, optimizer, learning_rate):
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
 def _evaluate(params, args, *, loss_fn):
+    import optax
+
     value, grad = jax.value_and_grad(lambda p: loss_fn(p, *args))(params)
     return value, optax.tree.norm(grad)
 
