@@ -1,8 +1,9 @@
-"""The persistent compilation cache is on for every subcommand, not only ``check``/``reproduce``.
+"""The persistent caches are on for every subcommand, not only ``check``/``reproduce``.
 
 ``toysim exact`` runs in subprocesses with ``XDG_CACHE_HOME`` in a temporary folder: the first run
-stores its compiled programs under ``toysim/jax``, the second finds them all (adds none) and prints
-the same bytes, and with ``TOYSIM_NO_JAX_CACHE=1`` nothing is stored.
+stores its compiled programs under ``toysim/jax`` (JAX's compilation cache) and
+``toysim/executables`` (toysim's executable cache), the second finds them all (adds none) and
+prints the same bytes, and with ``TOYSIM_NO_JAX_CACHE=1`` nothing is stored.
 """
 
 import json
@@ -45,11 +46,14 @@ def test_every_subcommand_uses_the_persistent_compilation_cache(tmp_path):
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
-        folder = cache_home / "toysim" / "jax"
-        return proc.stdout, sorted(os.listdir(folder)) if folder.exists() else None
+        listed = []
+        for name in ("jax", "executables"):
+            folder = cache_home / "toysim" / name
+            listed.append(sorted(os.listdir(folder)) if folder.exists() else None)
+        return proc.stdout, listed
 
     cold_out, cold = run(tmp_path / "cache")
     warm_out, warm = run(tmp_path / "cache")
-    assert cold and warm == cold and warm_out == cold_out
+    assert cold[0] and cold[1] and warm == cold and warm_out == cold_out
     off_out, off = run(tmp_path / "off", TOYSIM_NO_JAX_CACHE="1")
-    assert off is None and off_out == cold_out
+    assert off == [None, None] and off_out == cold_out

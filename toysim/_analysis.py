@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from . import _aot
 from ._engine import Step, expectation, log_expectation, maximum, minimum
 from ._enumerate import forward
 from ._equilibrium import tilt_kl_term, tilt_leaf
@@ -186,6 +187,11 @@ def analysis(
 
 
 @functools.partial(jax.jit, static_argnames=("policy",))
+def _analyze_jit(policy: Policy, params: PyTree, h: Array, lam: float | Array) -> Analysis:
+    levels = forward(policy, params)
+    return analysis(levels, TreeGradients(policy, params, levels, h), h, lam)
+
+
 def analyze(policy: Policy, params: PyTree, h: Array, lam: float | Array) -> Analysis:
     """Exact analysis of a policy and a harm table on the prefix tree.
 
@@ -205,6 +211,8 @@ def analyze(policy: Policy, params: PyTree, h: Array, lam: float | Array) -> Ana
       >>> a = analyze(policy, policy.init(jax.random.key(0)), jnp.array([0.0, 0.0, 1.0, 1.0]), 1.0)
       >>> float(a.harm_information[1])  # decided by the first token
       0.0
+
+    One compiled program (``policy`` static); where the executable cache is on (every ``toysim``
+    subcommand, :mod:`toysim._aot`) a later process loads it instead of tracing it again.
     """
-    levels = forward(policy, params)
-    return analysis(levels, TreeGradients(policy, params, levels, h), h, lam)
+    return _aot.call("analyze", _analyze_jit, (policy, params, h, lam), static=(0,))

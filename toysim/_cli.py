@@ -51,20 +51,27 @@ def _enable_float64() -> None:
 
 
 def enable_compilation_cache() -> None:
-    """Keep XLA compilations on disk between runs, for every subcommand.
+    """Keep compiled programs on disk between runs, for every subcommand.
 
-    Most of a short run is compiling a handful of programs; JAX's persistent cache stores them
-    under ``$XDG_CACHE_HOME/toysim/jax`` (``~/.cache/toysim/jax``) unless
-    ``JAX_COMPILATION_CACHE_DIR`` already names a folder. Set ``TOYSIM_NO_JAX_CACHE=1`` to
-    disable it. A folder that cannot be created leaves the cache off (slower, still correct).
+    Most of a short run is tracing and compiling a handful of programs. JAX's persistent cache
+    stores XLA's compilations under ``$XDG_CACHE_HOME/toysim/jax`` (``~/.cache/toysim/jax``) unless
+    ``JAX_COMPILATION_CACHE_DIR`` already names a folder, and toysim's executable cache
+    (:mod:`toysim._aot`) stores the largest programs whole, traced and compiled, under
+    ``$XDG_CACHE_HOME/toysim/executables``. Set ``TOYSIM_NO_JAX_CACHE=1`` to disable both. A
+    folder that cannot be created leaves its cache off (slower, still correct).
     """
     import os
 
     import jax
 
-    if os.environ.get("TOYSIM_NO_JAX_CACHE") or jax.config.jax_compilation_cache_dir:
+    from . import _aot
+
+    if os.environ.get("TOYSIM_NO_JAX_CACHE"):
         return
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    _aot.enable(os.path.join(base, "toysim", "executables"))
+    if jax.config.jax_compilation_cache_dir:
+        return
     folder = os.path.join(base, "toysim", "jax")
     try:
         os.makedirs(folder, exist_ok=True)

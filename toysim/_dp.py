@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from . import _aot
 from ._analysis import Analysis, analysis, backward_stage
 from ._engine import ChainKernel, MarkovKernel, Step
 from ._equilibrium import tilted_log_cond
@@ -583,14 +584,15 @@ def dp_analyze_concurrent(
     8e-14 for ``log Z`` and the summed KL, whose terms add up 10^4 roundings).
     """
     jobs = [
-        lambda: _backward_jit(logits, aut, lam, horizon, unroll),
-        lambda: _forward_jit(logits, aut, horizon, unroll),
+        lambda: _aot.call("dp_backward", _backward_jit, (logits, aut, lam, horizon, unroll), static=(3, 4)),
+        lambda: _aot.call("dp_forward", _forward_jit, (logits, aut, horizon, unroll), static=(2, 3)),
     ]
     if autodiff:
-        jobs.append(lambda: dp_autodiff(logits, aut, horizon))
+        jobs.append(lambda: _aot.call("dp_autodiff", dp_autodiff, (logits, aut, horizon), static=(2,)))
     done = _in_threads(jobs)
     reference = (done[2][0], (done[2][1],)) if autodiff else None
-    return _analysis_jit(logits, aut, lam, horizon, autodiff, done[0], done[1], reference)
+    args = (logits, aut, lam, horizon, autodiff, done[0], done[1], reference)
+    return _aot.call("dp_analysis", _analysis_jit, args, static=(3, 4))
 
 
 def dp_analyze(policy: Policy, params: PyTree, harm: Any, lam: float, autodiff: bool = True) -> Analysis:
@@ -628,5 +630,7 @@ def dp_analyze(policy: Policy, params: PyTree, harm: Any, lam: float, autodiff: 
     logits = jnp.asarray(params.logits, dtype=jnp.float64)
     unroll = 4 if policy.horizon >= 64 else 1  # long scans: fewer loop trips, same results
     # threads cost a few milliseconds: worth it only for long scans
-    run = dp_analyze_concurrent if policy.horizon >= _CONCURRENT_FROM else dp_analyze_arrays
-    return run(logits, aut, jnp.float64(lam), policy.horizon, autodiff, unroll)
+    args = (logits, aut, jnp.float64(lam), policy.horizon, autodiff, unroll)
+    if policy.horizon >= _CONCURRENT_FROM:
+        return dp_analyze_concurrent(*args)
+    return _aot.call("dp_analyze", dp_analyze_arrays, args, static=(3, 4, 5))

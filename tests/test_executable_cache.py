@@ -1,0 +1,200 @@
+"""The executable cache (``toysim._aot``): compiled programs kept on disk between processes.
+
+What is checked: a cached call returns the same bits as the ordinary ``jax.jit`` call (both
+engines, the DP's concurrent path included); a second process (here: a cleared in-process memo)
+loads the program instead of tracing it; the key separates different static arguments, shapes and
+dtypes and joins equal ones; a truncated entry is compiled again; a program that fails to run is
+replaced by the jit path and a tombstone; tracers and undescribable statics take the jit path; and,
+across real processes, an entry stored while JAX's own cache already holds the program still loads
+and runs (the failure that ``_COMPILER_OPTIONS`` and ``_no_jax_cache_write`` exist to prevent).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import toysim
+from toysim import _aot, _dp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def cache(tmp_path):
+    """The executable cache on, in a temporary folder, for one test; off again afterwards."""
+    before = _aot.folder()
+    _aot.disable()
+    _aot.enable(str(tmp_path / "executables"))
+    yield tmp_path / "executables"
+    _aot.disable()
+    if before is not None:
+        _aot.enable(before)
+
+
+def _instance(v=3, t=3, seed=0):
+    policy = toysim.MarkovPolicy(v, t)
+    params = policy.init(jax.random.key(seed))
+    h = jnp.asarray(toysim.harm_values(toysim.graded_harm(v, t, [v - 1]), v, t))
+    return policy, params, h
+
+
+def _same_bits(a, b):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
+
+
+def _plain_analyze(policy, params, h, lam):
+    return toysim._analysis._analyze_jit(policy, params, h, lam)
+
+
+def test_cached_analysis_is_bit_identical_and_loaded_from_disk(cache, monkeypatch):
+    policy, params, h = _instance()
+    lam = jnp.float64(0.7)
+    reference = _plain_analyze(policy, params, h, lam)
+    first = toysim.analyze(policy, params, h, lam)
+    files = sorted(os.listdir(cache))
+    assert len(files) == 1 and files[0].startswith("analyze-")
+    _same_bits(first, reference)
+
+    _aot._loaded.clear()  # a new process: nothing in memory, the entry on disk
+
+    def no_trace(*args, **kwargs):
+        raise AssertionError("traced again although the executable is on disk")
+
+    monkeypatch.setattr(toysim._analysis._analyze_jit, "lower", no_trace, raising=False)
+    second = toysim.analyze(policy, params, h, lam)
+    _same_bits(second, reference)
+    assert sorted(os.listdir(cache)) == files
+
+
+def test_dp_concurrent_path_is_bit_identical(cache):
+    policy = toysim.MarkovPolicy(2, _dp._CONCURRENT_FROM)  # the threaded four-program path
+    params = policy.init(jax.random.key(1))
+    harm = toysim.trigger_harm(2, [1])
+    _aot.disable()
+    reference = toysim.dp_analyze(policy, params, harm, 1.0)
+    _aot.enable(str(cache))
+    cold = toysim.dp_analyze(policy, params, harm, 1.0)
+    assert {f.split("-")[0] for f in os.listdir(cache)} == {
+        "dp_backward",
+        "dp_forward",
+        "dp_autodiff",
+        "dp_analysis",
+    }
+    _aot._loaded.clear()
+    warm = toysim.dp_analyze(policy, params, harm, 1.0)
+    _same_bits(cold, reference)
+    _same_bits(warm, reference)
+
+
+def test_key_separates_statics_shapes_and_dtypes():
+    a, b = _instance(3, 3), _instance(3, 3, seed=5)
+    leaves = jax.tree_util.tree_leaves((a[1], a[2]))
+    tree = jax.tree_util.tree_structure((a[1], a[2]))
+    key = _aot._key("analyze", [a[0]], leaves, tree)
+    # equal statics (a new but equal policy object) and other values of the same shapes: same key
+    other_values = jax.tree_util.tree_leaves((b[1], b[2]))
+    assert _aot._key("analyze", [toysim.MarkovPolicy(3, 3)], other_values, tree) == key
+    # another static, another name, another shape, another dtype: other keys
+    assert _aot._key("analyze", [toysim.TabularPolicy(3, 3)], leaves, tree) != key
+    assert _aot._key("analyze2", [a[0]], leaves, tree) != key
+    c = _instance(3, 4)
+    assert _aot._key("analyze", [a[0]], jax.tree_util.tree_leaves((c[1], c[2])), tree) != key
+    as_f32 = [np.asarray(x, np.float32) for x in leaves]
+    assert _aot._key("analyze", [a[0]], as_f32, tree) != key
+    # numpy arrays among the statics are described by their bytes, not by a truncated repr
+    big = np.zeros(5000)
+    bumped = big.copy()
+    bumped[2500] = 1.0
+    assert _aot._describe(big) != _aot._describe(bumped)
+
+
+def test_truncated_entry_is_compiled_again(cache):
+    policy, params, h = _instance()
+    reference = _plain_analyze(policy, params, h, 1.0)
+    toysim.analyze(policy, params, h, 1.0)
+    (entry,) = list(cache.iterdir())
+    entry.write_bytes(entry.read_bytes()[:100])
+    _aot._loaded.clear()
+    _same_bits(toysim.analyze(policy, params, h, 1.0), reference)
+    assert entry.stat().st_size > 100  # replaced by a good one
+
+
+def test_program_that_fails_to_run_takes_the_jit_path(cache, monkeypatch):
+    policy, params, h = _instance()
+    reference = _plain_analyze(policy, params, h, 1.0)
+    toysim.analyze(policy, params, h, 1.0)
+    (entry,) = list(cache.iterdir())
+    _aot._loaded.clear()
+
+    def broken(path):
+        def run(*args):
+            raise jax.errors.JaxRuntimeError("NOT_FOUND: Function fusion not found")
+
+        return run
+
+    monkeypatch.setattr(_aot, "_load", broken)
+    _same_bits(toysim.analyze(policy, params, h, 1.0), reference)
+    assert not entry.exists() and (cache / (entry.name + ".broken")).exists()
+    _aot._loaded.clear()  # a later process sees the tombstone and does not load the entry
+    _same_bits(toysim.analyze(policy, params, h, 1.0), reference)
+
+
+def test_tracers_and_undescribable_statics_take_the_jit_path(cache):
+    policy, params, h = _instance()
+    inside = jax.jit(lambda p, hh: toysim.analyze(policy, p, hh, 1.0).expected_harm)(params, h)
+    assert float(inside) == float(_plain_analyze(policy, params, h, 1.0).expected_harm)
+    jitted = jax.jit(lambda x, f: f(x), static_argnums=1)
+    assert float(_aot.call("lambda", jitted, (jnp.float64(2.0), lambda x: x + 1), static=(1,))) == 3.0
+    assert list(cache.iterdir()) == []
+
+
+def test_entries_stored_after_jax_cached_the_program_still_run(tmp_path):
+    """Across processes: cold run; our folder deleted (JAX's cache still holds the programs); a run
+    that stores them again; a run that loads them. No tombstone, the same bytes every time."""
+    instance = {
+        "format": "toysim.instance/1",
+        "vocab_size": 2,
+        "horizon": 600,  # DP, concurrent path: scans, the programs that failed
+        "lambda": 1.0,
+        "policy": {
+            "kind": "markov",
+            "initial_logits": [0.0, 0.4],
+            "transition_logits": [[0.3, -0.2], [1.0, 0.0]],
+        },
+        "harm": {"kind": "trigger", "trigger_tokens": [1]},
+    }
+    (tmp_path / "inst.json").write_text(json.dumps(instance))
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TOYSIM_NO_JAX_CACHE", "JAX_COMPILATION_CACHE_DIR")
+    }
+    env.update({"XDG_CACHE_HOME": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"})
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    folder = tmp_path / "cache" / "toysim" / "executables"
+
+    def run():
+        proc = subprocess.run(
+            [sys.executable, "-m", "toysim", "exact", "inst.json", "--compact"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    cold = run()
+    for entry in folder.iterdir():
+        entry.unlink()
+    restored = run()
+    stored = sorted(os.listdir(folder))
+    loaded = run()
+    assert cold == restored == loaded
+    assert len(stored) == 4 and not any(name.endswith(".broken") for name in os.listdir(folder))

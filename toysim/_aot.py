@@ -1,0 +1,271 @@
+"""Compiled programs kept on disk between processes: the executable cache.
+
+JAX's persistent compilation cache (:func:`toysim._cli.enable_compilation_cache`) keeps what XLA
+compiles, but every new process still traces each program to a jaxpr and lowers it to StableHLO
+before it can look the compilation up. For ``toysim exact`` on 1.7e7 leaves that tracing and
+lowering was 2.5 s of a 5.5 s run, and loading the compilation another 0.4 s. This module keeps the
+compiled executable itself (``jax.experimental.serialize_executable``), so that a later process
+with the same code, the same input shapes and the same machine loads it and runs it at once.
+
+The key of an entry is a SHA-256 of everything the program depends on: the function's name, its
+static arguments (described field by field; a numpy array by its bytes), the shape, dtype and weak
+type of every input, the input tree, the source of every ``toysim`` module, the versions of Python,
+jax and jaxlib, the backend and its devices, the CPU's architecture and instruction-set flags,
+``XLA_FLAGS``, ``TOYSIM_SHARDING`` and the JAX options that change a lowering (float64, matmul
+precision, dtype promotion). A call whose static arguments cannot be described that way, or whose inputs are tracers
+or spread over several devices, simply runs the ordinary ``jax.jit`` path.
+
+An entry that cannot be read back (truncated, written by another jaxlib) is compiled again and
+replaced; entries are written to a temporary file and renamed into place, so concurrent processes
+never read half a file. Entries are pickles that toysim writes into the user's own cache folder
+(as JAX's own cache trusts its folder, trust this one as you trust that folder). The cache is on
+wherever the compilation cache is (every ``toysim`` subcommand) and off with
+``TOYSIM_NO_JAX_CACHE=1``; from Python it is off unless :func:`enable` is called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import pickle
+import platform
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+_folder: str | None = None
+_loaded: dict[str, Any] = {}  # key -> executable, for repeated calls within one process
+_BROKEN = object()  # marks a key whose loaded executable failed to run in this process
+_lock = threading.Lock()
+_fingerprint: str | None = None
+# An executable above this size is not written (a program that big compiles for long enough that a
+# saved trace is a small part of it; the cache folder should not fill with them).
+MAX_ENTRY_BYTES = 64 * 2**20
+
+
+# An executable that JAX itself loaded from its persistent cache cannot be serialised again: the
+# copy misses compiled functions and fails when it runs ("Function ... not found"; measured with
+# jaxlib 0.10.2 on the DP scan programs). So every executable stored here must be compiled afresh:
+# it is compiled with an option that plain `jax.jit` never uses (one codegen part instead of
+# several: the same code, same bits, measured on both engines' analyses), which gives it a key of
+# its own in JAX's cache, and JAX is kept from writing it there (_no_jax_cache_write).
+_COMPILER_OPTIONS = {"xla_cpu_parallel_codegen_split_count": 1}
+
+
+def _no_jax_cache_write():
+    """A context in which JAX does not write compilations to its persistent cache (this thread)."""
+    try:  # JAX's per-thread option; not public API, so fall back to the tombstones of `call`
+        from jax._src.config import persistent_cache_min_compile_time_secs
+
+        return persistent_cache_min_compile_time_secs(float("inf"))
+    except (ImportError, AttributeError, TypeError):
+        return contextlib.nullcontext()
+
+
+class _Uncacheable(Exception):
+    """A static argument with no stable description: run the ordinary jit path."""
+
+
+def enable(folder: str) -> None:
+    """Keep compiled executables under ``folder`` (created if missing; left off if it cannot be)."""
+    global _folder
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return
+    _folder = folder
+
+
+def disable() -> None:
+    """Stop reading and writing executables (the in-process memo is cleared too)."""
+    global _folder
+    _folder = None
+    _loaded.clear()
+
+
+def folder() -> str | None:
+    """The folder in use, or ``None`` when the cache is off."""
+    return _folder
+
+
+def _describe(obj: Any) -> str:
+    """A description of a static argument that is equal across processes exactly when it is equal."""
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+        return f"{type(obj).__name__}:{obj!r}"
+    if isinstance(obj, np.ndarray):
+        digest = hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest()
+        return f"ndarray:{obj.dtype.str}:{obj.shape}:{digest}"
+    if isinstance(obj, (tuple, list)):
+        return f"{type(obj).__name__}(" + ",".join(_describe(x) for x in obj) + ")"
+    if isinstance(obj, dict):
+        items = sorted(obj.items(), key=lambda kv: repr(kv[0]))
+        return "dict(" + ",".join(f"{_describe(k)}={_describe(v)}" for k, v in items) + ")"
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = ",".join(f"{f.name}={_describe(getattr(obj, f.name))}" for f in dataclasses.fields(obj))
+        return f"{type(obj).__module__}.{type(obj).__qualname__}({fields})"
+    raise _Uncacheable(type(obj).__name__)
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _environment() -> str:
+    """Everything outside the call that the compiled program depends on (computed once)."""
+    global _fingerprint
+    if _fingerprint is None:
+        import jaxlib
+
+        source = hashlib.sha256()
+        package = os.path.dirname(os.path.abspath(__file__))
+        for name in sorted(os.listdir(package)):
+            if name.endswith(".py"):
+                with open(os.path.join(package, name), "rb") as f:
+                    source.update(name.encode() + b"\0" + f.read() + b"\0")
+        parts = [
+            source.hexdigest(),
+            sys.version,
+            jax.__version__,
+            jaxlib.__version__,
+            jax.default_backend(),
+            ",".join(f"{d.platform}:{d.device_kind}" for d in jax.devices()),
+            platform.machine(),
+            _cpu_flags(),
+            os.environ.get("XLA_FLAGS", ""),
+        ]
+        _fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    config = jax.config
+    options = (
+        config.jax_enable_x64,
+        config.jax_default_matmul_precision,
+        config.jax_numpy_dtype_promotion,
+        os.environ.get("TOYSIM_SHARDING"),  # read while tracing (toysim.shard_prefixes)
+    )
+    return _fingerprint + repr(options)
+
+
+def _key(name: str, statics: list, leaves: list, tree) -> str:
+    avals = []
+    for x in leaves:
+        aval = jax.typeof(x)
+        avals.append(f"{aval.dtype}{tuple(aval.shape)}{'w' if getattr(aval, 'weak_type', False) else ''}")
+    options = repr(sorted(_COMPILER_OPTIONS.items()))
+    text = "\n".join([name, _describe(statics), ";".join(avals), str(tree), options, _environment()])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(leaves: list) -> bool:
+    """Inputs that an executable can take: concrete values, none spread over several devices."""
+    for x in leaves:
+        if isinstance(x, jax.core.Tracer):
+            return False
+        if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+            return False
+    return True
+
+
+def _load(path: str):
+    from jax.experimental.serialize_executable import deserialize_and_load
+
+    with open(path, "rb") as f:
+        payload, in_tree, out_tree = pickle.load(f)
+    return deserialize_and_load(payload, in_tree, out_tree)
+
+
+def _store(path: str, compiled) -> None:
+    from jax.experimental.serialize_executable import serialize
+
+    blob = pickle.dumps(serialize(compiled), protocol=pickle.HIGHEST_PROTOCOL)
+    if len(blob) > MAX_ENTRY_BYTES:
+        return
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def call(name: str, jitted: Callable, args: tuple, static: tuple[int, ...] = ()):
+    """``jitted(*args)``, run from a saved executable when the cache is on.
+
+    Args:
+      name: a name for the program, unique among the callers of this function (part of the key
+        and of the file name).
+      jitted: a ``jax.jit``-wrapped function.
+      args: its positional arguments.
+      static: the positions in ``args`` of its static arguments; the others are arrays (or
+        pytrees of arrays).
+
+    Returns:
+      What ``jitted(*args)`` returns, bit for bit: the same compiled program runs either way.
+    """
+    if _folder is None:
+        return jitted(*args)
+    statics = [args[i] for i in static]
+    dynamic = tuple(a for i, a in enumerate(args) if i not in static)
+    leaves, tree = jax.tree_util.tree_flatten(dynamic)
+    if not _plain(leaves):
+        return jitted(*args)
+    try:
+        key = _key(name, statics, leaves, tree)
+    except _Uncacheable:
+        return jitted(*args)
+    with _lock:
+        compiled = _loaded.get(key)
+    if compiled is _BROKEN:
+        return jitted(*args)
+    path = os.path.join(_folder, f"{name}-{key[:32]}.exe")
+    if compiled is None:
+        if os.path.exists(path + ".broken"):  # failed to run once: this key takes the jit path
+            with _lock:
+                _loaded[key] = _BROKEN
+            return jitted(*args)
+        if os.path.exists(path):
+            try:
+                compiled = _load(path)
+            except Exception:  # unreadable or from another runtime: compile it again below
+                compiled = None
+        if compiled is None:
+            with _no_jax_cache_write():
+                compiled = jitted.lower(*args).compile(_COMPILER_OPTIONS)
+            out = jax.block_until_ready(compiled(*dynamic))
+            try:
+                _store(path, compiled)
+            except Exception:  # an executable the backend cannot serialise: still run it
+                pass
+            with _lock:
+                _loaded[key] = compiled
+            return out
+        with _lock:
+            _loaded[key] = compiled
+    try:
+        return jax.block_until_ready(compiled(*dynamic))
+    except jax.errors.JaxRuntimeError:
+        # a loaded program that cannot run (see _COMPILER_OPTIONS): drop it, leave a tombstone so
+        # that later processes do not load it again, and run the ordinary jit path
+        with _lock:
+            _loaded[key] = _BROKEN
+        try:
+            os.replace(path, path + ".broken")
+        except OSError:
+            pass
+        return jitted(*args)
