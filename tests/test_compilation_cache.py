@@ -33,7 +33,7 @@ def test_every_subcommand_uses_the_persistent_compilation_cache(tmp_path):
     (tmp_path / "tiny.json").write_text(json.dumps(TINY))
 
     def run(cache_home, **extra):
-        drop = ("TOYSIM_NO_JAX_CACHE", "JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS")
+        drop = ("TOYSIM_NO_JAX_CACHE", "TOYSIM_NO_EXECUTABLE_CACHE", "JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS")
         env = {k: v for k, v in os.environ.items() if k not in drop}
         env.update({"XDG_CACHE_HOME": str(cache_home), "JAX_PLATFORMS": "cpu", **extra})
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")

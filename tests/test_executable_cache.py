@@ -6,7 +6,9 @@ loads the program instead of tracing it; the key separates different static argu
 dtypes and joins equal ones; a truncated entry is compiled again; a program that fails to run is
 replaced by the jit path and a tombstone; tracers and undescribable statics take the jit path; and,
 across real processes, an entry stored while JAX's own cache already holds the program still loads
-and runs (the failure that ``_COMPILER_OPTIONS`` and ``_no_jax_cache_write`` exist to prevent).
+and runs (the failure that ``_COMPILER_OPTIONS`` and ``_no_jax_cache_write`` exist to prevent),
+and a stored program that calls LAPACK (the certified Newton step: an eigendecomposition) runs in a
+new process (it crashed the process before ``_initialize_lapack``).
 """
 
 import json
@@ -155,6 +157,44 @@ def test_tracers_and_undescribable_statics_take_the_jit_path(cache):
     assert list(cache.iterdir()) == []
 
 
+def _cli_env(tmp_path):
+    drop = ("TOYSIM_NO_JAX_CACHE", "TOYSIM_NO_EXECUTABLE_CACHE", "JAX_COMPILATION_CACHE_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update({"XDG_CACHE_HOME": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"})
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_stored_lapack_program_runs_in_a_new_process(tmp_path):
+    instance = {
+        "format": "toysim.instance/1",
+        "vocab_size": 2,
+        "horizon": 2,
+        "lambda": 1.0,
+        "policy": {
+            "kind": "markov",
+            "initial_logits": [0.0, 0.4],
+            "transition_logits": [[0.3, -0.2], [1.0, 0.0]],
+        },
+        "harm": {"kind": "trigger", "trigger_tokens": [1]},
+    }
+    (tmp_path / "inst.json").write_text(json.dumps(instance))
+    env = _cli_env(tmp_path)
+
+    def run():
+        cmd = [sys.executable, "-m", "toysim", "train", "inst.json", "--optimizer", "newton", "--compact"]
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+        return proc.stdout
+
+    cold = run()
+    folder = tmp_path / "cache" / "toysim" / "executables"
+    stored = [f.name for f in folder.iterdir()]
+    assert any(name.startswith("certificate-") for name in stored), stored
+    warm = run()  # loads the Newton step and the certificate (LAPACK eigh) without lowering them
+    assert warm == cold
+
+
 def test_entries_stored_after_jax_cached_the_program_still_run(tmp_path):
     """Across processes: cold run; our folder deleted (JAX's cache still holds the programs); a run
     that stores them again; a run that loads them. No tombstone, the same bytes every time."""
@@ -171,11 +211,7 @@ def test_entries_stored_after_jax_cached_the_program_still_run(tmp_path):
         "harm": {"kind": "trigger", "trigger_tokens": [1]},
     }
     (tmp_path / "inst.json").write_text(json.dumps(instance))
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("TOYSIM_NO_JAX_CACHE", "JAX_COMPILATION_CACHE_DIR")
-    }
-    env.update({"XDG_CACHE_HOME": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"})
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env = _cli_env(tmp_path)
     folder = tmp_path / "cache" / "toysim" / "executables"
 
     def run():

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import pickle
 import platform
+import re
 import sys
 import tempfile
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -107,6 +110,18 @@ def _describe(obj: Any) -> str:
     if isinstance(obj, dict):
         items = sorted(obj.items(), key=lambda kv: repr(kv[0]))
         return "dict(" + ",".join(f"{_describe(k)}={_describe(v)}" for k, v in items) + ")"
+    if isinstance(obj, np.dtype):
+        return f"dtype:{obj.str}"
+    if isinstance(obj, jax.tree_util.PyTreeDef):
+        return f"treedef:{obj}"
+    if isinstance(obj, functools.partial):
+        return f"partial({_describe(obj.func)},{_describe(obj.args)},{_describe(obj.keywords)})"
+    if isinstance(obj, types.FunctionType):
+        # a module-level function is named by where it lives (its code is in the source digest
+        # when it is toysim's); a lambda or a closure has no such name and is not described
+        if "<" in obj.__qualname__ or obj.__closure__:
+            raise _Uncacheable(obj.__qualname__)
+        return f"function:{obj.__module__}.{obj.__qualname__}"
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         fields = ",".join(f"{f.name}={_describe(getattr(obj, f.name))}" for f in dataclasses.fields(obj))
         return f"{type(obj).__module__}.{type(obj).__qualname__}({fields})"
@@ -178,18 +193,49 @@ def _plain(leaves: list) -> bool:
     return True
 
 
+def _custom_calls(compiled) -> set[str]:
+    """The custom-call targets a compiled program calls into (LAPACK kernels, callbacks, ...)."""
+    return set(re.findall(r'custom_call_target="([^"]+)"', compiled.as_text()))
+
+
+def _storable(targets: set[str]) -> bool:
+    """Whether a program with these custom calls can be stored.
+
+    A custom call is a function pointer that the runtime registers when JAX *lowers* an operation
+    that needs it; a loaded program skips the lowering, and calling an unregistered LAPACK kernel
+    crashed the process (measured: the certified Newton step's ``lapack_dsyevd_ffi``). LAPACK
+    kernels are registered by :func:`_initialize_lapack` before such a program is loaded; any other
+    target (host callbacks, FFT, ...) keeps its program out of the cache.
+    """
+    return all(t.startswith("lapack_") for t in targets)
+
+
+@functools.cache
+def _initialize_lapack() -> None:
+    """Register JAX's LAPACK kernels, as lowering any LAPACK-backed operation does (once)."""
+    jax.jit(jax.numpy.linalg.eigh).lower(np.eye(2))
+
+
 def _load(path: str):
     from jax.experimental.serialize_executable import deserialize_and_load
 
     with open(path, "rb") as f:
-        payload, in_tree, out_tree = pickle.load(f)
+        payload, in_tree, out_tree, targets = pickle.load(f)
+    if not _storable(set(targets)):
+        raise ValueError(f"{path}: custom calls {targets}")
+    if targets:
+        _initialize_lapack()
     return deserialize_and_load(payload, in_tree, out_tree)
 
 
 def _store(path: str, compiled) -> None:
     from jax.experimental.serialize_executable import serialize
 
-    blob = pickle.dumps(serialize(compiled), protocol=pickle.HIGHEST_PROTOCOL)
+    targets = _custom_calls(compiled)
+    if not _storable(targets):
+        return
+    entry = (*serialize(compiled), sorted(targets))
+    blob = pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)
     if len(blob) > MAX_ENTRY_BYTES:
         return
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
@@ -204,8 +250,8 @@ def _store(path: str, compiled) -> None:
             pass
 
 
-def call(name: str, jitted: Callable, args: tuple, static: tuple[int, ...] = ()):
-    """``jitted(*args)``, run from a saved executable when the cache is on.
+def call(name: str, jitted: Callable, args: tuple, static: tuple[int, ...] = (), kwargs: dict | None = None):
+    """``jitted(*args, **kwargs)``, run from a saved executable when the cache is on.
 
     Args:
       name: a name for the program, unique among the callers of this function (part of the key
@@ -214,31 +260,34 @@ def call(name: str, jitted: Callable, args: tuple, static: tuple[int, ...] = ())
       args: its positional arguments.
       static: the positions in ``args`` of its static arguments; the others are arrays (or
         pytrees of arrays).
+      kwargs: keyword arguments, all of them static.
 
     Returns:
-      What ``jitted(*args)`` returns, bit for bit: the same compiled program runs either way.
+      What ``jitted(*args, **kwargs)`` returns, bit for bit: the same compiled program runs either
+      way.
     """
+    kwargs = kwargs or {}
     if _folder is None:
-        return jitted(*args)
-    statics = [args[i] for i in static]
+        return jitted(*args, **kwargs)
+    statics = [args[i] for i in static] + [sorted(kwargs.items())]
     dynamic = tuple(a for i, a in enumerate(args) if i not in static)
     leaves, tree = jax.tree_util.tree_flatten(dynamic)
     if not _plain(leaves):
-        return jitted(*args)
+        return jitted(*args, **kwargs)
     try:
         key = _key(name, statics, leaves, tree)
     except _Uncacheable:
-        return jitted(*args)
+        return jitted(*args, **kwargs)
     with _lock:
         compiled = _loaded.get(key)
     if compiled is _BROKEN:
-        return jitted(*args)
+        return jitted(*args, **kwargs)
     path = os.path.join(_folder, f"{name}-{key[:32]}.exe")
     if compiled is None:
         if os.path.exists(path + ".broken"):  # failed to run once: this key takes the jit path
             with _lock:
                 _loaded[key] = _BROKEN
-            return jitted(*args)
+            return jitted(*args, **kwargs)
         if os.path.exists(path):
             try:
                 compiled = _load(path)
@@ -246,7 +295,7 @@ def call(name: str, jitted: Callable, args: tuple, static: tuple[int, ...] = ())
                 compiled = None
         if compiled is None:
             with _no_jax_cache_write():
-                compiled = jitted.lower(*args).compile(_COMPILER_OPTIONS)
+                compiled = jitted.lower(*args, **kwargs).compile(_COMPILER_OPTIONS)
             out = jax.block_until_ready(compiled(*dynamic))
             try:
                 _store(path, compiled)
@@ -268,4 +317,4 @@ def call(name: str, jitted: Callable, args: tuple, static: tuple[int, ...] = ())
             os.replace(path, path + ".broken")
         except OSError:
             pass
-        return jitted(*args)
+        return jitted(*args, **kwargs)

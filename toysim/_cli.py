@@ -57,8 +57,9 @@ def enable_compilation_cache() -> None:
     stores XLA's compilations under ``$XDG_CACHE_HOME/toysim/jax`` (``~/.cache/toysim/jax``) unless
     ``JAX_COMPILATION_CACHE_DIR`` already names a folder, and toysim's executable cache
     (:mod:`toysim._aot`) stores the largest programs whole, traced and compiled, under
-    ``$XDG_CACHE_HOME/toysim/executables``. Set ``TOYSIM_NO_JAX_CACHE=1`` to disable both. A
-    folder that cannot be created leaves its cache off (slower, still correct).
+    ``$XDG_CACHE_HOME/toysim/executables``. Set ``TOYSIM_NO_JAX_CACHE=1`` to disable both, or
+    ``TOYSIM_NO_EXECUTABLE_CACHE=1`` for the second only. A folder that cannot be created leaves
+    its cache off (slower, still correct).
     """
     import os
 
@@ -69,7 +70,8 @@ def enable_compilation_cache() -> None:
     if os.environ.get("TOYSIM_NO_JAX_CACHE"):
         return
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    _aot.enable(os.path.join(base, "toysim", "executables"))
+    if not os.environ.get("TOYSIM_NO_EXECUTABLE_CACHE"):
+        _aot.enable(os.path.join(base, "toysim", "executables"))
     if jax.config.jax_compilation_cache_dir:
         return
     folder = os.path.join(base, "toysim", "jax")

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _aot
 from ._types import PyTree
 
 if TYPE_CHECKING:  # optax is imported where an optimizer is built: most runs (Newton, every
@@ -343,8 +344,11 @@ def certify(
     unravel = _Unravel.of(params)
     x = unravel.ravel(params)
     curvature = unravel.size <= NEWTON_MAX_PARAMS
-    value, g, hess, jac = _certificate_arrays(
-        x, tuple(args), loss_fn=loss_fn, unravel=unravel, gauge=gauge, curvature=curvature
+    value, g, hess, jac = _aot.call(
+        "certificate",
+        _certificate_arrays,
+        (x, tuple(args)),
+        kwargs={"loss_fn": loss_fn, "unravel": unravel, "gauge": gauge, "curvature": curvature},
     )
     value, g = float(value), np.asarray(g)
     gnorm = float(np.linalg.norm(g))
@@ -445,14 +449,11 @@ def certify_values(
     x = unravel.ravel(params)
     vals, g, hess, jac, vjac, vhess = (
         None if a is None else np.asarray(a)
-        for a in _value_arrays(
-            x,
-            tuple(args),
-            tuple(value_args),
-            loss_fn=loss_fn,
-            unravel=unravel,
-            gauge=gauge,
-            value_fn=value_fn,
+        for a in _aot.call(
+            "certificate_values",
+            _value_arrays,
+            (x, tuple(args), tuple(value_args)),
+            kwargs={"loss_fn": loss_fn, "unravel": unravel, "gauge": gauge, "value_fn": value_fn},
         )
     )
     hess = 0.5 * (hess + hess.T)
@@ -552,7 +553,7 @@ def minimize(
     result = OptimizeResult(params, [], [], [])
 
     def record(i, p):
-        value, gnorm = (float(v) for v in _evaluate(p, args, loss_fn=loss_fn))
+        value, gnorm = (float(v) for v in _aot.call("evaluate", _evaluate, (p, args), kwargs={"loss_fn": loss_fn}))
         if not (math.isfinite(value) and math.isfinite(gnorm)):
             raise ValueError(
                 f"training diverged by step {i} (loss {value}, gradient norm {gnorm}) with "
@@ -568,7 +569,7 @@ def minimize(
     record(0, params)
     for i in range(1, steps + 1):
         if newton:
-            x_new = _newton_step(x, args, loss_fn=loss_fn, unravel=unravel)
+            x_new = _aot.call("newton_step", _newton_step, (x, args), kwargs={"loss_fn": loss_fn, "unravel": unravel})
             # a step that leaves x unchanged (no decrease left) is a fixed point: every later step
             # would return the same x, so stopping here changes nothing but the time spent
             fixed = bool(jnp.array_equal(x_new, x))
