@@ -553,7 +553,9 @@ def minimize(
     result = OptimizeResult(params, [], [], [])
 
     def record(i, p):
-        value, gnorm = (float(v) for v in _aot.call("evaluate", _evaluate, (p, args), kwargs={"loss_fn": loss_fn}))
+        value, gnorm = (
+            float(v) for v in _aot.call("evaluate", _evaluate, (p, args), kwargs={"loss_fn": loss_fn})
+        )
         if not (math.isfinite(value) and math.isfinite(gnorm)):
             raise ValueError(
                 f"training diverged by step {i} (loss {value}, gradient norm {gnorm}) with "
@@ -569,7 +571,9 @@ def minimize(
     record(0, params)
     for i in range(1, steps + 1):
         if newton:
-            x_new = _aot.call("newton_step", _newton_step, (x, args), kwargs={"loss_fn": loss_fn, "unravel": unravel})
+            x_new = _aot.call(
+                "newton_step", _newton_step, (x, args), kwargs={"loss_fn": loss_fn, "unravel": unravel}
+            )
             # a step that leaves x unchanged (no decrease left) is a fixed point: every later step
             # would return the same x, so stopping here changes nothing but the time spent
             fixed = bool(jnp.array_equal(x_new, x))
