@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import types
@@ -20,6 +21,8 @@ from proofs_check import _runner
 from proofs_check._framework import Check
 from proofs_check.strategies import instances
 from toysim._cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _check(name, residual, kind="theorem", strategy=None):
@@ -156,7 +159,7 @@ def test_unwritable_folder_one_line_exit_two(fake_checks, tmp_path, monkeypatch,
     assert main(["check", "--counterexample-dir", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "not writable" in err
-    assert main(["reproduce", "--out", str(blocker / "sub")]) == 2
+    assert main(["reproduce", "--jobs", "1", "--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "not writable" in err
 
@@ -167,23 +170,60 @@ def test_reproduce_runs_checks_then_figures(fake_checks, tmp_path, monkeypatch, 
     fake.make_all = lambda out_dir: calls.append(out_dir) or [f"{out_dir}/fig.png"]
     monkeypatch.setitem(sys.modules, "figures", fake)
     out = tmp_path / "out"
-    assert main(["reproduce", "--out", str(out), "--only", "always_holds"]) == 0
+    assert main(["reproduce", "--jobs", "1", "--out", str(out), "--only", "always_holds"]) == 0
     assert calls == [str(out)]
     assert json.loads((out / "checks.json").read_text())["ok"] is True
     assert "figure: " in capsys.readouterr().out
     # a failing check: figures are still made, exit code 1
-    assert main(["reproduce", "--out", str(out), "--only", "harm_is_zero"]) == 1
+    assert main(["reproduce", "--jobs", "1", "--out", str(out), "--only", "harm_is_zero"]) == 1
     assert len(calls) == 2
+
+
+def test_reproduce_builds_the_figures_in_a_second_process(fake_checks, tmp_path, monkeypatch, capsys):
+    """``--jobs 2``: the figures come from a ``toysim figures`` child started before the checks
+    (here the tiny fig1, so the test takes seconds); the same files as ``toysim figures`` in this
+    process, and the child's paths printed after the table. A child that fails: one line, exit 2."""
+    from toysim import _cli_check
+
+    def command(out):
+        return [sys.executable, "-m", "toysim", "figures", "--tiny", "--only", "fig1", "--out", out]
+
+    monkeypatch.setattr(_cli_check, "_figures_command", command)
+    monkeypatch.setenv("PYTHONPATH", ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "out"
+    assert main(["reproduce", "--jobs", "2", "--out", str(out), "--only", "always_holds"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("theorem checks hold") < printed.index("figure: ")
+    paths = [line.removeprefix("figure: ") for line in printed.splitlines() if line.startswith("figure: ")]
+    assert sorted(os.path.basename(p) for p in paths) == [
+        "fig1_martingale_paths.json",
+        "fig1_martingale_paths.pdf",
+        "fig1_martingale_paths.png",
+    ]
+    import figures
+
+    here = figures.make_all(tmp_path / "here", only=["fig1"], progress=False, tiny=True)
+    for path in here:
+        assert path.read_bytes() == (out / path.name).read_bytes()
+
+    monkeypatch.setattr(
+        _cli_check, "_figures_command", lambda out: [sys.executable, "-c", "raise SystemExit(2)"]
+    )
+    assert main(["reproduce", "--jobs", "2", "--out", str(out), "--only", "always_holds"]) == 2
+    err = capsys.readouterr().err
+    assert "the figures failed" in err.strip().splitlines()[-1]
+    assert main(["reproduce", "--jobs", "3"]) == 2
+    assert "--jobs" in capsys.readouterr().err
 
 
 def test_reproduce_without_figures_package_is_a_clear_error(fake_checks, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "figures", None)  # import figures -> ImportError
-    assert main(["reproduce", "--out", str(tmp_path / "o"), "--only", "always_holds"]) == 2
+    assert main(["reproduce", "--jobs", "1", "--out", str(tmp_path / "o"), "--only", "always_holds"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "figures" in err
     fake = types.ModuleType("figures")  # importable but without make_all
     monkeypatch.setitem(sys.modules, "figures", fake)
-    assert main(["reproduce", "--out", str(tmp_path / "o"), "--only", "always_holds"]) == 2
+    assert main(["reproduce", "--jobs", "1", "--out", str(tmp_path / "o"), "--only", "always_holds"]) == 2
     assert "make_all" in capsys.readouterr().err
 
 

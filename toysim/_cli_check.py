@@ -12,6 +12,7 @@ vacuous is reported ``VACUOUS`` and counts as failing; findings are measurements
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -146,6 +147,26 @@ def _figures_make_all():
     return make_all
 
 
+def _figures_command(out: str | None) -> list[str]:
+    """The ``toysim figures`` process that ``reproduce --jobs 2`` runs beside the checks."""
+    return [sys.executable, "-m", "toysim", "figures"] + (["--out", out] if out else [])
+
+
+def _start_figures(out: str | None):
+    """Start the figures in a child process (its progress lines go to our stderr as they come)."""
+    import subprocess
+
+    return subprocess.Popen(_figures_command(out), stdout=subprocess.PIPE, text=True)
+
+
+def _finish_figures(child) -> list[str]:
+    """The paths the child wrote; a ValueError (one line, exit 2) if it failed."""
+    out, _ = child.communicate()
+    if child.returncode != 0:
+        raise ValueError(f"the figures failed (exit code {child.returncode}; its message is above)")
+    return [line for line in out.splitlines() if line.strip()]
+
+
 def _cmd_reproduce(args) -> int:
     out_dir = args.out or "reproduce"
     make_all = _figures_make_all()  # before the checks: a missing package fails in seconds
@@ -153,15 +174,31 @@ def _cmd_reproduce(args) -> int:
 
     _validate_names(args.only)  # before creating --out: a typo leaves nothing behind
     prepare_dir(out_dir, what="--out folder")
-    results = _run(args, os.path.join(out_dir, "counterexamples"))
+    # --jobs 2: the figures are built by a second process while the checks run (both are mostly
+    # single-threaded tracing; the figures are the same bytes either way)
+    child = _start_figures(args.out) if args.jobs > 1 else None
+    try:
+        results = _run(args, os.path.join(out_dir, "counterexamples"))
+    except BaseException:
+        if child is not None:
+            child.kill()
+            child.wait()
+        raise
     ok = _report(results, False, sys.stdout)
     with open(os.path.join(out_dir, "checks.json"), "w", encoding="utf-8") as fh:
         json.dump({"ok": ok, "checks": [r.to_dict() for r in results]}, fh, indent=1, allow_nan=False)
-    made = make_all(args.out)  # None: the committed figures under figures/output
+    # None: the committed figures under figures/output
+    made = _finish_figures(child) if child is not None else make_all(args.out)
     if made:
         for path in made:
             print(f"figure: {path}")
     return 0 if ok else 1
+
+
+def _jobs_arg(text: str) -> int:
+    if text not in ("1", "2"):
+        raise argparse.ArgumentTypeError(f"must be 1 or 2, got {text!r}")
+    return int(text)
 
 
 def _add_common(p) -> None:
@@ -218,5 +255,13 @@ def register(sub) -> None:
         metavar="DIR",
         help="write checks.json, counterexamples and the figures here (default: checks.json in "
         "./reproduce, figures regenerated in place under figures/output)",
+    )
+    r.add_argument(
+        "--jobs",
+        type=_jobs_arg,
+        default=2 if (os.cpu_count() or 1) >= 2 else 1,
+        metavar="N",
+        help="1: checks, then figures, in this process; 2 (default with two or more cores): the "
+        "figures in a second process while the checks run",
     )
     r.set_defaults(func=_cmd_reproduce)
