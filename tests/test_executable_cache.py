@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import toysim
+from tests.test_compilation_cache import TINY
 from toysim import _aot, _dp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,80 +158,39 @@ def test_tracers_and_undescribable_statics_take_the_jit_path(cache):
     assert list(cache.iterdir()) == []
 
 
-def _cli_env(tmp_path):
+def _cli(tmp_path, *args, horizon):
+    """Run ``toysim ARGS inst.json --compact`` in a new process with its caches under ``tmp_path``,
+    on the tiny Markov/trigger instance of ``test_compilation_cache`` at ``horizon``; its stdout."""
+    (tmp_path / "inst.json").write_text(json.dumps({**TINY, "horizon": horizon}))
     drop = ("TOYSIM_NO_JAX_CACHE", "TOYSIM_NO_EXECUTABLE_CACHE", "JAX_COMPILATION_CACHE_DIR")
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update({"XDG_CACHE_HOME": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu"})
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    cmd = [sys.executable, "-m", "toysim", *args, "inst.json", "--compact"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    return proc.stdout
 
 
 def test_stored_lapack_program_runs_in_a_new_process(tmp_path):
-    instance = {
-        "format": "toysim.instance/1",
-        "vocab_size": 2,
-        "horizon": 2,
-        "lambda": 1.0,
-        "policy": {
-            "kind": "markov",
-            "initial_logits": [0.0, 0.4],
-            "transition_logits": [[0.3, -0.2], [1.0, 0.0]],
-        },
-        "harm": {"kind": "trigger", "trigger_tokens": [1]},
-    }
-    (tmp_path / "inst.json").write_text(json.dumps(instance))
-    env = _cli_env(tmp_path)
-
-    def run():
-        cmd = [sys.executable, "-m", "toysim", "train", "inst.json", "--optimizer", "newton", "--compact"]
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
-        return proc.stdout
-
-    cold = run()
+    cold = _cli(tmp_path, "train", "--optimizer", "newton", horizon=2)
     folder = tmp_path / "cache" / "toysim" / "executables"
     stored = [f.name for f in folder.iterdir()]
     assert any(name.startswith("certificate-") for name in stored), stored
-    warm = run()  # loads the Newton step and the certificate (LAPACK eigh) without lowering them
-    assert warm == cold
+    # loads the Newton step and the certificate (LAPACK eigh) without lowering them
+    assert _cli(tmp_path, "train", "--optimizer", "newton", horizon=2) == cold
 
 
 def test_entries_stored_after_jax_cached_the_program_still_run(tmp_path):
     """Across processes: cold run; our folder deleted (JAX's cache still holds the programs); a run
     that stores them again; a run that loads them. No tombstone, the same bytes every time."""
-    instance = {
-        "format": "toysim.instance/1",
-        "vocab_size": 2,
-        "horizon": 600,  # DP, concurrent path: scans, the programs that failed
-        "lambda": 1.0,
-        "policy": {
-            "kind": "markov",
-            "initial_logits": [0.0, 0.4],
-            "transition_logits": [[0.3, -0.2], [1.0, 0.0]],
-        },
-        "harm": {"kind": "trigger", "trigger_tokens": [1]},
-    }
-    (tmp_path / "inst.json").write_text(json.dumps(instance))
-    env = _cli_env(tmp_path)
+    horizon = 600  # DP, concurrent path: scans, the programs that failed
     folder = tmp_path / "cache" / "toysim" / "executables"
-
-    def run():
-        proc = subprocess.run(
-            [sys.executable, "-m", "toysim", "exact", "inst.json", "--compact"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    cold = run()
+    cold = _cli(tmp_path, "exact", horizon=horizon)
     for entry in folder.iterdir():
         entry.unlink()
-    restored = run()
+    restored = _cli(tmp_path, "exact", horizon=horizon)
     stored = sorted(os.listdir(folder))
-    loaded = run()
+    loaded = _cli(tmp_path, "exact", horizon=horizon)
     assert cold == restored == loaded
     assert len(stored) == 4 and not any(name.endswith(".broken") for name in os.listdir(folder))
