@@ -11,6 +11,8 @@ and a stored program that calls LAPACK (the certified Newton step: an eigendecom
 new process (it crashed the process before ``_initialize_lapack``).
 """
 
+import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -116,6 +118,32 @@ def test_key_separates_statics_shapes_and_dtypes():
     bumped = big.copy()
     bumped[2500] = 1.0
     assert _aot._describe(big) != _aot._describe(bumped)
+
+
+def _loss_outside_toysim(levels):
+    return levels
+
+
+@dataclasses.dataclass(frozen=True)
+class _PolicyOutsideToysim:
+    vocab_size: int
+
+
+def test_code_outside_toysim_is_not_described():
+    """A function or class that is not toysim's could be edited under the same name, and its code is
+    not in the source digest: such statics take the jit path instead of a possibly stale entry."""
+    from toysim._objectives import standard_loss
+    from toysim._optimize import Objective
+
+    assert "standard_loss" in _aot._describe(Objective(standard_loss, (toysim.TabularPolicy(2, 2),)))
+    for static in (
+        _loss_outside_toysim,
+        Objective(_loss_outside_toysim),
+        functools.partial(_loss_outside_toysim),
+        _PolicyOutsideToysim(2),
+    ):
+        with pytest.raises(_aot._Uncacheable):
+            _aot._describe(static)
 
 
 def test_truncated_entry_is_compiled_again(cache):

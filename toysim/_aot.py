@@ -12,8 +12,10 @@ static arguments (described field by field; a numpy array by its bytes), the sha
 type of every input, the input tree, the source of every ``toysim`` module, the versions of Python,
 jax and jaxlib, the backend and its devices, the CPU's architecture and instruction-set flags,
 ``XLA_FLAGS``, ``TOYSIM_SHARDING`` and the JAX options that change a lowering (float64, matmul
-precision, dtype promotion). A call whose static arguments cannot be described that way, or whose inputs are tracers
-or spread over several devices, simply runs the ordinary ``jax.jit`` path.
+precision, dtype promotion). Functions and classes among the static arguments are described by
+name only when they are toysim's (their code is in the source digest). A call whose static
+arguments cannot be described that way (a lambda, a closure, a user's loss or policy class), or
+whose inputs are tracers or spread over several devices, runs the ordinary ``jax.jit`` path.
 
 An entry that cannot be read back (truncated, written by another jaxlib) is compiled again and
 replaced; entries are written to a temporary file and renamed into place, so concurrent processes
@@ -98,6 +100,10 @@ def folder() -> str | None:
     return _folder
 
 
+def _ours(module: str) -> bool:
+    return module == "toysim" or module.startswith("toysim.")
+
+
 def _describe(obj: Any) -> str:
     """A description of a static argument that is equal across processes exactly when it is equal."""
     if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
@@ -117,12 +123,15 @@ def _describe(obj: Any) -> str:
     if isinstance(obj, functools.partial):
         return f"partial({_describe(obj.func)},{_describe(obj.args)},{_describe(obj.keywords)})"
     if isinstance(obj, types.FunctionType):
-        # a module-level function is named by where it lives (its code is in the source digest
-        # when it is toysim's); a lambda or a closure has no such name and is not described
-        if "<" in obj.__qualname__ or obj.__closure__:
+        # a module-level function of toysim is named by where it lives: its code is in the source
+        # digest. A lambda, a closure, or a function (or below, a class) from outside toysim, whose
+        # code an edit could change under the same name, is not described.
+        if "<" in obj.__qualname__ or obj.__closure__ or not _ours(obj.__module__):
             raise _Uncacheable(obj.__qualname__)
         return f"function:{obj.__module__}.{obj.__qualname__}"
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if not _ours(type(obj).__module__):
+            raise _Uncacheable(type(obj).__qualname__)
         fields = ",".join(f"{f.name}={_describe(getattr(obj, f.name))}" for f in dataclasses.fields(obj))
         return f"{type(obj).__module__}.{type(obj).__qualname__}({fields})"
     raise _Uncacheable(type(obj).__name__)
