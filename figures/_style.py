@@ -31,6 +31,15 @@ OKABE_ITO = {
     "purple": "#CC79A7",
 }
 PALETTE = [OKABE_ITO[c] for c in ("blue", "vermillion", "green", "orange", "purple", "sky", "yellow")]
+# One colour and marker per alignment method, the same in every figure that compares them (9, 10).
+METHOD_STYLE = {
+    "tilt": (OKABE_ITO["blue"], "s"),
+    "ipo": (OKABE_ITO["sky"], "v"),
+    "best_of_n": (OKABE_ITO["orange"], "^"),
+    "rejection_sampling": (OKABE_ITO["yellow"], "<"),
+    "token_wise_kl": (OKABE_ITO["purple"], ">"),
+    "recovery_penalty": (OKABE_ITO["vermillion"], "D"),
+}
 HORIZON_COLOR = "#555555"
 DETERMINED_FILL = "#DDDDDD"
 

@@ -32,13 +32,16 @@ POLICY_SEED = 0
 # the weight of those prefixes only; the points are published to 4 digits and values at or below
 # CERTIFIED_TOL drawn as that bound.
 CERTIFIED_TOL = 1e-9
-METHODS = (
-    ("tilt", "RL = DPO", _style.OKABE_ITO["blue"], "s"),
-    ("ipo", "IPO", _style.OKABE_ITO["sky"], "v"),
-    ("best_of_n", "best-of-4", _style.OKABE_ITO["orange"], "^"),
-    ("rejection_sampling", "rejection sampling", _style.OKABE_ITO["yellow"], "<"),
-    ("token_wise_kl", "token-wise KL", _style.OKABE_ITO["purple"], ">"),
-    ("recovery_penalty", "recovery penalty", _style.OKABE_ITO["vermillion"], "D"),
+METHODS = tuple(  # (name, label, colour, marker)
+    (name, label, *_style.METHOD_STYLE[name])
+    for name, label in (
+        ("tilt", "RL = DPO"),
+        ("ipo", "IPO"),
+        ("best_of_n", "best-of-4"),
+        ("rejection_sampling", "rejection sampling"),
+        ("token_wise_kl", "token-wise KL"),
+        ("recovery_penalty", "recovery penalty"),
+    )
 )
 TRAINED_ALL = ("recovery_penalty",)
 # Rejection sampling's target gives zero probability to every harmful response; a Markov policy

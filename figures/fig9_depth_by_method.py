@@ -39,13 +39,16 @@ TINY = {"vocab_size": 2, "horizon": 3, "deadline": 1}
 # axis. Its attack curve is published as log10 A(k) (values down to 1e-30 keep relative digits).
 CERTIFIED_TOL = 1e-5
 TRAINED_METHODS = ("recovery_penalty",)
-METHODS = (
-    ("tilt", "KL-regularised RL (tilt) = DPO", _style.OKABE_ITO["blue"], "s"),
-    ("ipo", "IPO", _style.OKABE_ITO["sky"], "v"),
-    ("best_of_n", "best-of-4", _style.OKABE_ITO["orange"], "^"),
-    ("rejection_sampling", "rejection sampling = SFT", _style.OKABE_ITO["yellow"], "<"),
-    ("token_wise_kl", "token-wise KL", _style.OKABE_ITO["purple"], ">"),
-    ("recovery_penalty", "recovery penalty", _style.OKABE_ITO["vermillion"], "D"),
+METHODS = tuple(  # (name, label, colour, marker)
+    (name, label, *_style.METHOD_STYLE[name])
+    for name, label in (
+        ("tilt", "KL-regularised RL (tilt) = DPO"),
+        ("ipo", "IPO"),
+        ("best_of_n", "best-of-4"),
+        ("rejection_sampling", "rejection sampling = SFT"),
+        ("token_wise_kl", "token-wise KL"),
+        ("recovery_penalty", "recovery penalty"),
+    )
 )
 TRAINED = {f"{what}_{name}": CERTIFIED_TOL for name in TRAINED_METHODS for what in ("kl", "log10_attack")}
 
@@ -135,39 +138,47 @@ def plot(numbers: dict[str, np.ndarray]):
     ax_b.plot(
         depths, numbers["attack_base"], "--", color=_style.OKABE_ITO["black"], lw=1.0, label=r"base $\pi_0$"
     )
-    ax_a.axhline(floor, color=_style.HORIZON_COLOR, lw=0.5, ls=":")
-    ax_a.annotate(
-        "exactly 0",
-        xy=(positions[-1] + 0.3, floor),
-        ha="right",
-        va="bottom",
-        fontsize=6.5,
-        color=_style.HORIZON_COLOR,
+    _finish_panel(
+        ax_a,
+        ticks=positions,
+        floor=floor,
+        ylabel=r"per-position KL $D_t$",
+        xlabel=_style.SYMBOL["t"],
+        legend_loc="upper right",
+        title="(a) where each method moves the policy",
+        horizon=k,
     )
-    ax_a.set_yscale("log")
-    ax_a.set_ylabel(r"per-position KL $D_t$")
-    ax_a.set_xlabel(_style.SYMBOL["t"])
-    ax_a.set_xticks(positions)
-    ax_a.legend(loc="upper right", fontsize=5.5, ncol=1, handlelength=1.4)
-    _style.panel_label(ax_a, "(a) where each method moves the policy")
-    _style.mark_horizon(ax_a, k, label=r"$k$")
-    ax_b.axhline(attack_floor, color=_style.HORIZON_COLOR, lw=0.5, ls=":")
-    ax_b.annotate(
-        "exactly 0",
-        xy=(depths[-1] + 0.3, attack_floor),
-        ha="right",
-        va="bottom",
-        fontsize=6.5,
-        color=_style.HORIZON_COLOR,
+    _finish_panel(
+        ax_b,
+        ticks=depths,
+        floor=attack_floor,
+        ylabel=r"attack success $A(k)$",
+        xlabel=r"prefill depth $k$",
+        legend_loc="center right",
+        title="(b) prefilling attacks",
+        horizon=k - 1,
     )
-    ax_b.set_yscale("log")
-    ax_b.set_ylabel(r"attack success $A(k)$")
-    ax_b.set_xlabel(r"prefill depth $k$")
-    ax_b.set_xticks(depths)
-    ax_b.legend(loc="center right", fontsize=5.5, ncol=1, handlelength=1.4)
-    _style.panel_label(ax_b, "(b) prefilling attacks")
-    _style.mark_horizon(ax_b, k - 1, label=r"$k$")
     return fig
+
+
+def _finish_panel(ax, *, ticks, floor, ylabel, xlabel, legend_loc, title, horizon):
+    """Log axis with exact zeros drawn on the dotted ``floor`` line, labels, legend, horizon mark."""
+    ax.axhline(floor, color=_style.HORIZON_COLOR, lw=0.5, ls=":")
+    ax.annotate(
+        "exactly 0",
+        xy=(ticks[-1] + 0.3, floor),
+        ha="right",
+        va="bottom",
+        fontsize=6.5,
+        color=_style.HORIZON_COLOR,
+    )
+    ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
+    ax.set_xticks(ticks)
+    ax.legend(loc=legend_loc, fontsize=5.5, ncol=1, handlelength=1.4)
+    _style.panel_label(ax, title)
+    _style.mark_horizon(ax, horizon, label=r"$k$")
 
 
 def main(out_dir=None):

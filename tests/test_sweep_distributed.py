@@ -12,7 +12,6 @@ The children run without the persistent compilation cache (``TOYSIM_NO_JAX_CACHE
 cache would make the killed run finish before it is killed.
 """
 
-import csv
 import json
 import os
 import signal
@@ -24,6 +23,8 @@ import time
 import numpy as np
 
 import toysim
+from tests.test_sweep import table as rows_of
+from tests.test_sweep import write_spec
 
 TOLERANCE = 1e-12
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,18 +35,6 @@ def child_env(**extra):
     env.update({"TOYSIM_NO_JAX_CACHE": "1", "JAX_PLATFORMS": "cpu", **extra})
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
-
-
-def write_spec(tmp_path, spec, name="spec.json"):
-    path = tmp_path / name
-    path.write_text(json.dumps(spec))
-    return str(path)
-
-
-def rows_of(path):
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    return rows[0], rows[1:]
 
 
 # two horizons: two shapes, each one chunk that compiles its own program (about a second each): the
