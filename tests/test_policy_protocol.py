@@ -49,6 +49,19 @@ def test_prefix_logits_equal_the_level_logits(name, dtype):
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_level_log_probs_are_the_log_softmax_of_the_logits(name):
+    # a family's own log_probs (Markov: the table normalised once, then tiled) is the engine's
+    # log π(·|p); it must equal log_softmax of the level logits, which prefix_logits checks above
+    from toysim._enumerate import log_probs
+
+    policy = FAMILIES[name]
+    params = policy.init(jax.random.key(6))
+    for t in range(T):
+        want = jax.nn.log_softmax(policy.prefix_logits(params, jnp.asarray(_all_prefixes(t, np.int32))))
+        np.testing.assert_allclose(log_probs(policy, params, t), want, rtol=0, atol=4e-16)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_prefix_logits_of_a_shuffled_batch(name):
     # rows follow the batch, not the lexicographic order, and repeated prefixes are allowed
     policy = FAMILIES[name]

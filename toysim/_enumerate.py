@@ -163,9 +163,16 @@ def levels_from_log_cond(log_cond: Sequence[Array]) -> Levels:
 
 def log_cond_untied(policy: Policy, params_by_level: Sequence[PyTree]) -> tuple[Array, ...]:
     """``log π(·|p)`` at every level, level ``t`` reading its own parameter copy."""
-    return tuple(
-        jax.nn.log_softmax(policy.logits(params_by_level[t], t), axis=-1) for t in range(policy.horizon)
-    )
+    return tuple(log_probs(policy, params_by_level[t], t) for t in range(policy.horizon))
+
+
+def log_probs(policy: Policy, params: PyTree, t: int) -> Float[Array, "prefix vocab"]:
+    """``log π(·|p)`` of every prefix of length ``t``: the policy's own ``log_probs`` where it has
+    one (a cheaper, equal form), else ``log_softmax`` of its logits."""
+    own = getattr(policy, "log_probs", None)
+    if own is not None:
+        return own(params, t)
+    return jax.nn.log_softmax(policy.logits(params, t), axis=-1)
 
 
 def forward(policy: Policy, params: PyTree) -> Levels:

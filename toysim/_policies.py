@@ -209,7 +209,23 @@ class MarkovPolicy:
 
     def logits(self, params: MarkovParams, t: int) -> Float[Array, "prefix vocab"]:
         """Logits of all prefixes of length ``t``."""
-        return params.logits[self.contexts(t)]
+        return self._tile(params.logits, t)
+
+    def log_probs(self, params: MarkovParams, t: int) -> Float[Array, "prefix vocab"]:
+        """``log π(·|p)`` of all prefixes of length ``t``: the table's rows normalised once, then
+        read by every prefix (equal to ``log_softmax(logits(params, t))`` row by row)."""
+        return self._tile(jax.nn.log_softmax(params.logits, axis=-1), t)
+
+    def _tile(self, table: Array, t: int) -> Array:
+        """Rows of ``table`` read by the prefixes of length ``t``. Past ``t = order`` the prefixes
+        repeat the ``V**order`` contexts of level ``order`` in lexicographic order (the last
+        ``order`` tokens are the least significant digits), so the level is that block tiled: a
+        broadcast that XLA fuses into its consumers, not a gather."""
+        k, v = self.order, self.vocab_size
+        if t <= k:
+            return table[self.contexts(t)]
+        block = table[self.contexts(k)]
+        return jnp.broadcast_to(block, (v ** (t - k), v**k, v)).reshape(v**t, v)
 
     def prefix_logits(self, params: MarkovParams, prefixes: Int[Array, "n t"]) -> Float[Array, "n vocab"]:
         """Logits of given prefixes of one length: the rows of their BOS-padded last ``order`` tokens."""

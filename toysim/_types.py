@@ -29,6 +29,10 @@ class Policy(Protocol):
     ``isinstance(obj, Policy)`` checks that the attributes and methods below exist (not their
     signatures), as ``typing.runtime_checkable`` does.
 
+    Optional: ``log_probs(params, t)``, ``log π(·|p)`` of all prefixes of length ``t``, where the
+    family has a cheaper form equal to ``log_softmax(logits(params, t))`` row by row (the Markov
+    family normalises its table once and tiles it); the engine uses it when present.
+
     Attributes:
       vocab_size: ``V >= 2``.
       horizon: ``T >= 1``, the number of positions.
