@@ -98,6 +98,9 @@ def run_case(case: str, batches: list[int], loop_n: int, repeat: int, folder: st
 
     # the loop: the sweep's own per-instance function, jitted without vmap, one call per instance
     inputs = _sweep.stack_instances(instances[:loop_n], shape)
+    if case == "enum":  # (params, harm table, harm row, λ) -> (params, harm, λ) of one instance
+        params, table, which, lam = inputs
+        inputs = (params, table[which], lam)
     singles = [jax.tree_util.tree_map(lambda x, i=i: jnp.asarray(x[i]), inputs) for i in range(loop_n)]
     if case == "enum":
         one = jax.jit(_sweep.enumerate_one(instances[0].policy, NAMES, False))

@@ -450,9 +450,27 @@ def _harm_object(spec: SweepSpec, point: dict) -> dict:
     return harm
 
 
+# The harm of an instance as text, by (spec digest, swept harm fields): most sweeps have a few
+# distinct harms for many instances, and a chunk would otherwise encode each one per instance.
+_HARM_TEXT: dict[tuple, tuple[str, str]] = {}
+
+
+def _harm_texts(spec: SweepSpec, point: dict) -> tuple[str, str]:
+    """``(canonical JSON, compact JSON)`` of an instance's harm object: the first keys the parsed
+    harm (:func:`_parsed_harm`), the second is the table's ``harm`` cell."""
+    key = (spec.digest, *((k, v) for k, v in point.items() if k.startswith("harm.")))
+    texts = _HARM_TEXT.get(key)
+    if texts is None:
+        if len(_HARM_TEXT) > 4096:
+            _HARM_TEXT.clear()
+        harm = _harm_object(spec, point)
+        texts = _HARM_TEXT[key] = (json.dumps(harm, sort_keys=True), json.dumps(harm, separators=(",", ":")))
+    return texts
+
+
 @functools.cache
 def _draw_program(kind: str, vocab_size: int, horizon: int, window: int, hidden: int):
-    """``(key, scale) ↦`` the logit table of a drawn policy: Markov ``(V + 1, V)`` (row ``V`` =
+    """``(seed, scale) ↦`` the logit table of a drawn policy: Markov ``(V + 1, V)`` (row ``V`` =
     BOS), tabular and MLP ``(rows, V)``, every prefix's logits in the instance format's order.
     Vmapped over keys for tabular and Markov policies (elementwise draws: the same bits at any
     batch size); one instance per call for the MLP, whose batched matmuls round differently."""
@@ -468,8 +486,8 @@ def _draw_program(kind: str, vocab_size: int, horizon: int, window: int, hidden:
     else:
         model = MLPPolicy(vocab_size, horizon, window=window, hidden=hidden)
 
-    def one(key, scale):
-        params = model.init(key, scale)
+    def one(seed, scale):
+        params = model.init(jax.random.key(seed), scale)
         if kind == "markov":
             return params.logits
         return jnp.concatenate([model.logits(params, t) for t in range(horizon)])
@@ -480,18 +498,14 @@ def _draw_program(kind: str, vocab_size: int, horizon: int, window: int, hidden:
 def _draw_tables(spec: SweepSpec, points: list[dict]) -> np.ndarray:
     """The logit tables of a family's instances of one ``(V, T)``, stacked: ``init(key(seed),
     scale)`` of each point's policy (:func:`_draw_program`)."""
-    import jax
-    import jax.numpy as jnp
-
     pol = spec.family["policy"]
     v, t = _setting(spec, points[0], "vocab_size"), _setting(spec, points[0], "horizon")
     program = _draw_program(pol["kind"], v, t, pol.get("window", 0), pol.get("hidden", 0))
     seeds = np.array([_setting(spec, p, "seed") for p in points], dtype=np.uint64)
-    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
-    scales = jnp.asarray([float(_setting(spec, p, "scale")) for p in points], dtype=jnp.float64)
+    scales = np.array([float(_setting(spec, p, "scale")) for p in points], dtype=np.float64)
     if pol["kind"] == "mlp":
-        return np.stack([np.asarray(program(k, c), dtype=np.float64) for k, c in zip(keys, scales)])
-    return np.asarray(program(keys, scales), dtype=np.float64)
+        return np.stack([np.asarray(program(k, c), dtype=np.float64) for k, c in zip(seeds, scales)])
+    return np.asarray(program(seeds, scales), dtype=np.float64)
 
 
 def _policy_object(kind: str, table: np.ndarray) -> dict:
@@ -543,20 +557,17 @@ def _parameter_columns(spec: SweepSpec) -> list[str]:
     return ["policy", *extra, "vocab_size", "horizon", "scale", "seed", "lambda", *swept_harm, "harm"]
 
 
-def _parameter_values(spec: SweepSpec, point: dict) -> dict:
-    out = {}
-    for name in _parameter_columns(spec):
-        if name == "base":
-            out[name] = spec.base_path
-        elif name == "policy":
-            out[name] = spec.family["policy"]["kind"]
-        elif name in ("window", "hidden"):
-            out[name] = spec.family["policy"][name]
-        elif name == "harm":
-            out[name] = json.dumps(_harm_object(spec, point), separators=(",", ":"))
-        else:
-            out[name] = _setting(spec, point, name)
-    return out
+def _parameter_value(spec: SweepSpec, point: dict, name: str) -> Any:
+    """The value of parameter column ``name`` (:func:`_parameter_columns`) for one instance."""
+    if name == "base":
+        return spec.base_path
+    if name == "policy":
+        return spec.family["policy"]["kind"]
+    if name in ("window", "hidden"):
+        return spec.family["policy"][name]
+    if name == "harm":
+        return _harm_texts(spec, point)[1]
+    return _setting(spec, point, name)
 
 
 # ---------------------------------------------------------------------------------- shapes, memory
@@ -601,7 +612,7 @@ def _shape_from_point(spec: SweepSpec, point: dict) -> _Shape:
     if spec.base is not None:
         base = _parsed_base(json.dumps(spec.base))
         v, t = base.policy.vocab_size, base.policy.horizon
-        harm = _parsed_harm(json.dumps(_harm_object(spec, point), sort_keys=True), v, t)
+        harm = _parsed_harm(_harm_texts(spec, point)[0], v, t)
         return _shape(spec, isinstance(base.policy, MarkovPolicy), v, t, harm)
     v, t = _setting(spec, point, "vocab_size"), _setting(spec, point, "horizon")
     markov = spec.family["policy"]["kind"] == "markov"
@@ -609,7 +620,7 @@ def _shape_from_point(spec: SweepSpec, point: dict) -> _Shape:
         from ._memory import check_fits
 
         check_fits(v, t)  # before tabulating V**T logit rows
-    harm = _parsed_harm(json.dumps(_harm_object(spec, point), sort_keys=True), v, t)
+    harm = _parsed_harm(_harm_texts(spec, point)[0], v, t)
     return _shape(spec, markov, v, t, harm)
 
 
@@ -766,10 +777,16 @@ def dp_one(horizon: int, names: tuple[str, ...], autodiff: bool):
 
 @functools.cache
 def _enumerate_program(policy, names: tuple[str, ...], autodiff: bool):
-    """One compiled program per (policy, fields): :func:`enumerate_one` vmapped over instances."""
+    """One compiled program per (policy, fields): :func:`enumerate_one` vmapped over instances,
+    ``(params, harm table, harm row of each instance, λ)`` (:func:`_stack`)."""
     import jax
 
-    return jax.jit(jax.vmap(enumerate_one(policy, names, autodiff)))
+    one = enumerate_one(policy, names, autodiff)
+
+    def batch(params, leaf_harms, which, lam):
+        return jax.vmap(lambda p, i, x: one(p, leaf_harms[i], x))(params, which, lam)
+
+    return jax.jit(batch)
 
 
 @functools.cache
@@ -797,8 +814,12 @@ def _table_of(params, shape: _Shape) -> np.ndarray:
 
 
 def _stack(shape: _Shape, tables: np.ndarray, harms: list, lam: np.ndarray) -> tuple:
-    """A chunk's inputs, batch axis first: logit tables, harms (automata for the DP, tabulated
-    leaf harms for the enumeration) and ``λ``."""
+    """A chunk's inputs, batch axis first: logit tables, harms and ``λ``.
+
+    The DP gets each instance's automaton. The enumeration gets each distinct harm tabulated once
+    at the leaves, ``(U, V**T)``, and each instance's row of that table: a chunk's instances mostly
+    share their harm, which is then neither copied per instance nor sent to the device per
+    instance."""
     from ._harms import AutomatonHarm, harm_values
     from ._policies import MarkovParams
 
@@ -809,21 +830,28 @@ def _stack(shape: _Shape, tables: np.ndarray, harms: list, lam: np.ndarray) -> t
         final = np.stack([np.asarray(h.final_harm, dtype=np.float64) for h in harms])
         return (tables, start, trans, final, lam)
     v, t = shape.vocab_size, shape.horizon
-    leaf_harms: dict[tuple, np.ndarray] = {}  # a chunk's instances mostly share one harm: tabulate once
-    keys = []
-    for h in harms:
-        if isinstance(h, AutomatonHarm):
-            key = (int(h.start), *(np.asarray(a).tobytes() for a in (h.transitions, h.final_harm)))
-        else:
-            key = ("table", np.asarray(h.values, dtype=np.float64).tobytes())
-        if key not in leaf_harms:
-            leaf_harms[key] = np.asarray(harm_values(h, v, t), dtype=np.float64)
-        keys.append(key)
-    h = np.stack([leaf_harms[k] for k in keys])
+    rows: dict[Any, int] = {}  # row of each distinct harm: by object first (parsed harms are shared)
+    tabulated: dict[tuple, int] = {}  # then by content
+    table: list[np.ndarray] = []
+    which = np.empty(len(harms), dtype=np.int32)
+    for j, h in enumerate(harms):
+        row = rows.get(id(h))
+        if row is None:
+            if isinstance(h, AutomatonHarm):
+                key = (int(h.start), *(np.asarray(a).tobytes() for a in (h.transitions, h.final_harm)))
+            else:
+                key = ("table", np.asarray(h.values, dtype=np.float64).tobytes())
+            row = tabulated.get(key)
+            if row is None:
+                row = tabulated[key] = len(table)
+                table.append(np.asarray(harm_values(h, v, t), dtype=np.float64))
+            rows[id(h)] = row
+        which[j] = row
+    leaf_harms = np.stack(table)
     if shape.policy == "markov":
-        return (MarkovParams(tables), h, lam)
+        return (MarkovParams(tables), leaf_harms, which, lam)
     offsets = np.cumsum([0] + [v**i for i in range(t)])
-    return (tuple(tables[:, offsets[i] : offsets[i + 1]] for i in range(t)), h, lam)
+    return (tuple(tables[:, offsets[i] : offsets[i + 1]] for i in range(t)), leaf_harms, which, lam)
 
 
 def stack_instances(instances: list, shape: _Shape) -> tuple:
@@ -851,7 +879,7 @@ def chunk_inputs(spec: SweepSpec, points: list[dict], shape: _Shape) -> tuple:
     """The stacked inputs of a chunk of the sweep, without building an instance file each: the
     family's policies drawn at once (:func:`_draw_tables`), each distinct harm parsed once."""
     v, t = shape.vocab_size, shape.horizon
-    harms = [_parsed_harm(json.dumps(_harm_object(spec, p), sort_keys=True), v, t) for p in points]
+    harms = [_parsed_harm(_harm_texts(spec, p)[0], v, t) for p in points]
     lam = [_setting(spec, p, "lambda") for p in points]
     if spec.base is not None:
         table = _table_of(_parsed_base(json.dumps(spec.base)).params, shape)
@@ -871,12 +899,30 @@ def analyze_batch(inputs: tuple, shape: _Shape, names: tuple[str, ...], autodiff
       ``(arrays, devices)``: one numpy array per name with the batch axis first, and the number of
       devices that held the batch.
     """
+    return _fetch(_dispatch(inputs, shape, names, autodiff))
+
+
+def _fetch(out: tuple) -> tuple:
+    """:func:`analyze_batch`'s result from the device arrays of :func:`_dispatch` (waits for them)."""
+    import jax
+
+    devices = len(out[0].sharding.device_set)
+    return tuple(np.asarray(x) for x in jax.device_get(out)), devices
+
+
+def _dispatch(inputs: tuple, shape: _Shape, names: tuple[str, ...], autodiff: bool) -> tuple:
+    """Start :func:`analyze_batch`'s program and return its device arrays without waiting (JAX
+    dispatches asynchronously: the caller prepares the next chunk meanwhile)."""
     import jax
 
     from ._policies import MarkovPolicy, TabularPolicy
 
     sharding = _batch_sharding()
-    inputs = jax.device_put(inputs, sharding)
+    if shape.engine == "dp":
+        inputs = jax.device_put(inputs, sharding)
+    else:  # the harm table is read by every instance: a copy on each device
+        replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+        inputs = jax.device_put(inputs, (sharding, replicated, sharding, sharding))
     if shape.engine == "dp":
         program = _dp_program(shape.horizon, names, autodiff)
     else:
@@ -884,9 +930,7 @@ def analyze_batch(inputs: tuple, shape: _Shape, names: tuple[str, ...], autodiff
         policy = MarkovPolicy(v, t, order=1) if shape.policy == "markov" else TabularPolicy(v, t)
         program = _enumerate_program(policy, names, autodiff)
     with _no_prefix_sharding():
-        out = program(*inputs)
-    devices = len(out[0].sharding.device_set)
-    return tuple(np.asarray(x) for x in jax.device_get(out)), devices
+        return program(*inputs)
 
 
 # ---------------------------------------------------------------------------------- the table
@@ -906,25 +950,39 @@ def _rows(spec: SweepSpec, plan: SweepPlan, ids: list[int], shape: _Shape, array
     """The table rows of a chunk's instances: parameters, engine, quantities, digest (floats by
     ``repr``, which reads back to the same float64; cells past an instance's horizon empty)."""
     index = {c: k for k, c in enumerate(plan.columns)}
-    blocks = []  # (columns, values per instance, integer-valued) of each quantity
+    template = [""] * len(plan.columns)  # the cells every instance of the chunk shares
+    for name, value in (
+        ("engine", shape.engine),
+        ("vocab_size", shape.vocab_size),
+        ("horizon", shape.horizon),
+        ("sweep", spec.digest),
+    ):
+        template[index[name]] = _cell(value)
+    varying = []  # parameter columns that can differ between the chunk's instances
+    for name in _parameter_columns(spec):
+        if name in ("base", "policy", "window", "hidden"):
+            template[index[name]] = _cell(_parameter_value(spec, {}, name))
+        elif name not in ("vocab_size", "horizon"):
+            varying.append((index[name], name))
+    blocks = []  # (first column, values per instance, integer-valued) of each quantity
     for name, arr in zip(spec.quantities, arrays):
         values = np.asarray(arr).reshape(len(ids), -1)
-        if name in SCALAR_QUANTITIES:
-            cols = [index[name]]
-        else:
-            first = 0 if name == "horizon_distribution" else 1
-            cols = [index[f"{name}[{t}]"] for t in range(first, first + values.shape[1])]
-        blocks.append((cols, values.tolist(), name == "uniform_horizon"))
+        first = (
+            index[name]
+            if name in SCALAR_QUANTITIES
+            else index[f"{name}[{0 if name == 'horizon_distribution' else 1}]"]
+        )
+        blocks.append((first, values.tolist(), name == "uniform_horizon"))
     rows = []
     for j, i in enumerate(ids):
-        row = [""] * len(plan.columns)
-        cells = {**_parameter_values(spec, plan.points[i]), "id": i, "engine": shape.engine}
-        cells.update(vocab_size=shape.vocab_size, horizon=shape.horizon, sweep=spec.digest)
-        for name, value in cells.items():
-            row[index[name]] = _cell(value)
-        for cols, values, integer in blocks:
-            for c, x in zip(cols, values[j]):
-                row[c] = str(int(x)) if integer else repr(float(x))
+        row = template.copy()
+        row[0] = str(i)
+        point = plan.points[i]
+        for c, name in varying:
+            row[c] = _cell(_parameter_value(spec, point, name))
+        for first, values, integer in blocks:
+            cells = [str(int(x)) for x in values[j]] if integer else list(map(repr, values[j]))
+            row[first : first + len(cells)] = cells
         rows.append(row)
     return rows
 
@@ -1063,10 +1121,19 @@ def sweep(
     _start_table(path, plan.columns)
     computed, devices, t0 = 0, _local_device_count(), time.monotonic()
     autodiff = _autodiff(spec)
-    for k, (shape, ids) in enumerate(todo):
+
+    def inputs_of(chunk):
+        shape, ids = chunk
         padded = ids + [ids[-1]] * (plan.chunk_size - len(ids))
-        inputs = chunk_inputs(spec, [plan.points[i] for i in padded], shape)
-        arrays, devices = analyze_batch(inputs, shape, spec.quantities, autodiff)
+        return chunk_inputs(spec, [plan.points[i] for i in padded], shape)
+
+    inputs = inputs_of(todo[0]) if todo else None
+    for k, (shape, ids) in enumerate(todo):
+        out = _dispatch(inputs, shape, spec.quantities, autodiff)
+        # the next chunk's inputs are drawn while this one computes; its program starts only
+        # once this chunk's rows are written, so a kill loses at most the chunk in flight
+        inputs = inputs_of(todo[k + 1]) if k + 1 < len(todo) else None
+        arrays, devices = _fetch(out)
         keep = [j for j, i in enumerate(ids) if i not in done]
         rows = _rows(spec, plan, [ids[j] for j in keep], shape, tuple(a[keep] for a in arrays))
         _append(path, rows)
