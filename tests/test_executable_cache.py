@@ -146,6 +146,29 @@ def test_code_outside_toysim_is_not_described():
             _aot._describe(static)
 
 
+def test_figures_and_checks_are_described_with_their_sources(monkeypatch, tmp_path):
+    """The figures' and the checks' functions are the project's: described by name and by the
+    digest of those packages' sources, so an edit to either changes the key. A package of the same
+    name loaded from elsewhere is not described."""
+    import types
+
+    import figures.fig4_shallow_after_training as fig4
+
+    text = _aot._describe(fig4._drawn)
+    assert text.startswith("function:figures.fig4_shallow_after_training._drawn@")
+    digest = text.rpartition("@")[2]
+    _aot._sources_digest.cache_clear()
+    monkeypatch.setattr(_aot, "_PROJECT_PACKAGES", ("figures",))  # another set of sources
+    assert _aot._describe(fig4._drawn).rpartition("@")[2] != digest
+    _aot._sources_digest.cache_clear()
+    monkeypatch.setattr(_aot, "_PROJECT_PACKAGES", ("figures", "proofs_check"))
+    elsewhere = types.ModuleType("figures")
+    elsewhere.__file__ = str(tmp_path / "figures" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "figures", elsewhere)
+    with pytest.raises(_aot._Uncacheable):
+        _aot._describe(fig4._drawn)
+
+
 def test_truncated_entry_is_compiled_again(cache):
     policy, params, h = _instance()
     reference = _plain_analyze(policy, params, h, 1.0)

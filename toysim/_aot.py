@@ -13,9 +13,11 @@ type of every input, the input tree, the source of every ``toysim`` module, the 
 jax and jaxlib, the backend and its devices, the CPU's architecture and instruction-set flags,
 ``XLA_FLAGS``, ``TOYSIM_SHARDING`` and the JAX options that change a lowering (float64, matmul
 precision, dtype promotion). Functions and classes among the static arguments are described by
-name only when they are toysim's (their code is in the source digest). A call whose static
-arguments cannot be described that way (a lambda, a closure, a user's loss or policy class), or
-whose inputs are tracers or spread over several devices, runs the ordinary ``jax.jit`` path.
+name only when they are the project's: toysim's (their code is in the source digest), or those of
+the figures and the theorem checks of the same checkout (named with the digest of those two
+packages' sources). A call whose static arguments cannot be described that way (a lambda, a
+closure, a user's loss or policy class), or whose inputs are tracers or spread over several
+devices, runs the ordinary ``jax.jit`` path.
 
 An entry that cannot be read back (truncated, written by another jaxlib) is compiled again and
 replaced; entries are written to a temporary file and renamed into place, so concurrent processes
@@ -100,8 +102,51 @@ def folder() -> str | None:
     return _folder
 
 
-def _ours(module: str) -> bool:
-    return module == "toysim" or module.startswith("toysim.")
+# The project's packages: toysim, and the figures and the theorem checks where they sit beside it
+# in the same checkout. toysim's source is in every key (:func:`_environment`); a function or
+# class of the other two is described with the digest of both their sources (they import each
+# other's helpers). Anything else (a user's module, tests, a script) is not described.
+_PROJECT_PACKAGES = ("figures", "proofs_check")
+
+
+@functools.cache
+def _sources_digest(folders: tuple[str, ...]) -> str:
+    """SHA-256 of the ``.py`` files of the given package folders."""
+    source = hashlib.sha256()
+    for folder in folders:
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    source.update(f"{os.path.basename(folder)}/{name}".encode() + b"\0" + f.read() + b"\0")
+    return source.hexdigest()
+
+
+def _toysim_folder() -> str:
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def _project_digest(module: str) -> str | None:
+    """``None`` for toysim's own modules (their source is in every key); the digest of the figures'
+    and the checks' sources for a module of theirs loaded from this checkout; raises
+    :class:`_Uncacheable` for any other module."""
+    top = module.partition(".")[0]
+    if top == "toysim":
+        return None
+    root = os.path.dirname(_toysim_folder())
+    path = getattr(sys.modules.get(top), "__file__", None)
+    if (
+        top not in _PROJECT_PACKAGES
+        or not path
+        or os.path.dirname(os.path.dirname(os.path.abspath(path))) != root
+    ):
+        raise _Uncacheable(module)
+    folders = tuple(os.path.join(root, p) for p in _PROJECT_PACKAGES if os.path.isdir(os.path.join(root, p)))
+    return _sources_digest(folders)
+
+
+def _named(module: str, qualname: str) -> str:
+    digest = _project_digest(module)
+    return f"{module}.{qualname}" + ("" if digest is None else f"@{digest}")
 
 
 def _describe(obj: Any) -> str:
@@ -126,14 +171,13 @@ def _describe(obj: Any) -> str:
         # a module-level function of toysim is named by where it lives: its code is in the source
         # digest. A lambda, a closure, or a function (or below, a class) from outside toysim, whose
         # code an edit could change under the same name, is not described.
-        if "<" in obj.__qualname__ or obj.__closure__ or not _ours(obj.__module__):
+        if "<" in obj.__qualname__ or obj.__closure__:
             raise _Uncacheable(obj.__qualname__)
-        return f"function:{obj.__module__}.{obj.__qualname__}"
+        return f"function:{_named(obj.__module__, obj.__qualname__)}"
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        if not _ours(type(obj).__module__):
-            raise _Uncacheable(type(obj).__qualname__)
+        name = _named(type(obj).__module__, type(obj).__qualname__)
         fields = ",".join(f"{f.name}={_describe(getattr(obj, f.name))}" for f in dataclasses.fields(obj))
-        return f"{type(obj).__module__}.{type(obj).__qualname__}({fields})"
+        return f"{name}({fields})"
     raise _Uncacheable(type(obj).__name__)
 
 
@@ -154,14 +198,8 @@ def _environment() -> str:
     if _fingerprint is None:
         import jaxlib
 
-        source = hashlib.sha256()
-        package = os.path.dirname(os.path.abspath(__file__))
-        for name in sorted(os.listdir(package)):
-            if name.endswith(".py"):
-                with open(os.path.join(package, name), "rb") as f:
-                    source.update(name.encode() + b"\0" + f.read() + b"\0")
         parts = [
-            source.hexdigest(),
+            _sources_digest((_toysim_folder(),)),
             sys.version,
             jax.__version__,
             jaxlib.__version__,
