@@ -147,3 +147,18 @@ def test_a_family_written_outside_the_library_works_with_forward_and_sampling():
     for g, r in zip(grads, ref):
         # θ is every row of the table: its gradient is the sum of the rows' gradients
         np.testing.assert_allclose(g, r.logits.sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_small_levels_index_with_numpy_to_the_same_bits(name, monkeypatch):
+    # levels of at most _SMALL_LEVEL prefixes build their index arrays (and the MLP its features)
+    # with numpy, larger ones inside the program: both must give the same logits, bit for bit
+    from toysim import _policies
+
+    policy = FAMILIES[name]
+    params = policy.init(jax.random.key(7))
+    small = [np.asarray(policy.logits(params, t)) for t in range(T)]
+    monkeypatch.setattr(_policies, "_SMALL_LEVEL", 0)
+    for t in range(T):
+        np.testing.assert_array_equal(small[t], policy.logits(params, t))
+        np.testing.assert_array_equal(small[t], jax.jit(policy.logits, static_argnums=1)(params, t))

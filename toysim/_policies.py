@@ -24,6 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ._types import Policy, PyTree
@@ -51,9 +52,26 @@ def prefix_digits(vocab_size: int, t: int) -> Int[Array, "prefix t"]:
       >>> prefix_digits(2, 2).tolist()
       [[0, 0], [0, 1], [1, 0], [1, 1]]
     """
-    index = jnp.arange(vocab_size**t)
-    powers = vocab_size ** jnp.arange(t - 1, -1, -1)
+    return jnp.asarray(_digits(vocab_size, t))
+
+
+def _digits(vocab_size: int, t: int) -> Int[Array, "prefix t"]:
+    """:func:`prefix_digits`, a numpy array for a small level (:data:`_SMALL_LEVEL`)."""
+    xp = _index_module(vocab_size**t)
+    index = xp.arange(vocab_size**t)
+    powers = vocab_size ** xp.arange(t - 1, -1, -1)
     return (index[:, None] // powers[None, :]) % vocab_size
+
+
+# Index arrays of a level with at most this many prefixes are computed with numpy: constants,
+# with no device work when a policy is evaluated outside jit (one compiled program per jnp
+# operation and shape there). Larger ones are computed by the program itself (iota), so that no
+# large constant is embedded in it.
+_SMALL_LEVEL = 4096
+
+
+def _index_module(prefixes: int):
+    return np if prefixes <= _SMALL_LEVEL else jnp
 
 
 def _last_tokens(vocab_size: int, t: int, window: int) -> Int[Array, "prefix window"]:
@@ -61,14 +79,15 @@ def _last_tokens(vocab_size: int, t: int, window: int) -> Int[Array, "prefix win
 
     The padding symbol is ``V`` (beginning of sequence).
     """
-    index = jnp.arange(vocab_size**t)
+    xp = _index_module(vocab_size**t)
+    index = xp.arange(vocab_size**t)
     cols = []
     for j in range(window):
         if j < t:
             cols.append((index // vocab_size**j) % vocab_size)
         else:
-            cols.append(jnp.full_like(index, vocab_size))
-    return jnp.stack(cols, axis=1) if cols else jnp.zeros((index.shape[0], 0), index.dtype)
+            cols.append(xp.full_like(index, vocab_size))
+    return xp.stack(cols, axis=1) if cols else xp.zeros((index.shape[0], 0), index.dtype)
 
 
 def _last_columns(vocab_size: int, prefixes: Int[Array, "n t"], window: int) -> Int[Array, "n window"]:
@@ -204,8 +223,9 @@ class MarkovPolicy:
 
     def _rows(self, last: Int[Array, "n order"]) -> Int[Array, " n"]:
         """Table row of the BOS-padded last ``order`` tokens (most recent first)."""
-        weights = (self.vocab_size + 1) ** jnp.arange(self.order)
-        return jnp.sum(last * weights[None, :], axis=1)
+        xp = np if isinstance(last, np.ndarray) else jnp
+        weights = (self.vocab_size + 1) ** xp.arange(self.order)
+        return xp.sum(last * weights[None, :], axis=1)
 
     def logits(self, params: MarkovParams, t: int) -> Float[Array, "prefix vocab"]:
         """Logits of all prefixes of length ``t``."""
@@ -302,7 +322,13 @@ class MLPPolicy:
     def features(self, t: int) -> Float[Array, "prefix features"]:
         """Input features of all prefixes of length ``t``."""
         v = self.vocab_size
-        return self._encode(_last_tokens(v, t, self.window), prefix_digits(v, t))
+        last = _last_tokens(v, t, self.window)
+        if isinstance(last, np.ndarray):  # a small level: the same codes, as constants
+            digits = _digits(v, t)
+            onehots = (last[..., None] == np.arange(v + 1)).reshape(v**t, -1)
+            freq = (digits[..., None] == np.arange(v)).sum(axis=1) * (1.0 / t) if t else np.zeros((v**t, v))
+            return np.concatenate([onehots, freq], axis=1).astype(np.float64)
+        return self._encode(last, _digits(v, t))
 
     def _encode(
         self, last: Int[Array, "n window"], prefixes: Int[Array, "n t"]
@@ -314,7 +340,8 @@ class MLPPolicy:
         if t == 0:
             freq = jnp.zeros((n, v))
         else:
-            freq = jax.nn.one_hot(prefixes, v).sum(axis=1) / t
+            # times 1/t, as XLA computes a division by a constant: the same bits on either path
+            freq = jax.nn.one_hot(prefixes, v).sum(axis=1) * (1.0 / t)
         return jnp.concatenate([onehots, freq], axis=1)
 
     @staticmethod
