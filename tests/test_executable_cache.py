@@ -120,6 +120,36 @@ def test_key_separates_statics_shapes_and_dtypes():
     assert _aot._describe(big) != _aot._describe(bumped)
 
 
+def test_in_process_key_memo_agrees_with_the_key():
+    """The shortcut past :func:`_aot._key` gives the same key, separates what the key separates,
+    remembers uncacheable calls, and does without a shortcut for unhashable statics."""
+    a, c = _instance(3, 3), _instance(3, 4)
+    leaves = jax.tree_util.tree_leaves((a[1], a[2]))
+    tree = jax.tree_util.tree_structure((a[1], a[2]))
+    _aot._keys.clear()
+    for statics, xs in (([a[0], []], leaves), ([toysim.TabularPolicy(3, 3), []], leaves)):
+        first = _aot._cached_key("analyze", _aot.call, statics, xs, tree)
+        assert first == _aot._key("analyze", statics, xs, tree)
+        assert _aot._cached_key("analyze", _aot.call, statics, xs, tree) == first
+    assert len(_aot._keys) == 2
+    other = jax.tree_util.tree_leaves((c[1], c[2]))
+    assert _aot._cached_key("analyze", _aot.call, [a[0], []], other, tree) == _aot._key(
+        "analyze", [a[0], []], other, tree
+    )
+    weak = _aot._cached_key("analyze", _aot.call, [a[0], []], [*leaves[:-1], 1.0], tree)
+    assert weak == _aot._key("analyze", [a[0], []], [*leaves[:-1], 1.0], tree)
+    assert weak != _aot._cached_key("analyze", _aot.call, [a[0], []], leaves, tree)
+    # a closure cannot be described: None, remembered; an unhashable static: the key, no shortcut
+    closure = (lambda y: lambda x: x + y)(1)
+    assert _aot._cached_key("f", _aot.call, [[("f", closure)]], leaves, tree) is None
+    n = len(_aot._keys)
+    assert _aot._cached_key("g", _aot.call, [[("v", {"a": 1})]], leaves, tree) == _aot._key(
+        "g", [[("v", {"a": 1})]], leaves, tree
+    )
+    assert len(_aot._keys) == n
+    _aot._keys.clear()
+
+
 def _loss_outside_toysim(levels):
     return levels
 
