@@ -19,8 +19,8 @@ says the largest chunk the available memory allows (where memory stops the batch
 rows time a whole ``toysim.sweep`` of ``--instances`` instances (instance generation, parsing and
 CSV included), compiled beforehand.
 
-Run: ``python benchmarks/bench_sweep.py [--quick] [--json out.json]``; limit the cores with
-``taskset -c 0,1``.
+Run: ``python benchmarks/bench_sweep.py [--quick] [--json out.json] [--enum-batches N ...]
+[--dp-batches N ...]``; limit the cores with ``taskset -c 0,1``. On a GPU: ``benchmarks/gpu.sh``.
 """
 
 from __future__ import annotations
@@ -188,10 +188,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--instances", type=int, default=256, help="instances of the whole-sweep rows")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--enum-batches", type=int, nargs="+", help="batch sizes of the enumeration case")
+    parser.add_argument("--dp-batches", type=int, nargs="+", help="batch sizes of the DP case")
     args = parser.parse_args()
     batches = {"enum": [1, 16, 64, 256] if args.quick else [1, 16, 64, 256, 1024, 4096], "dp": [1, 4, 16, 64]}
     if args.quick:
         batches["dp"] = [1, 4, 16]
+    batches["enum"] = args.enum_batches or batches["enum"]
+    batches["dp"] = args.dp_batches or batches["dp"]
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for case in ("enum", "dp"):
