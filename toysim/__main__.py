@@ -1,8 +1,6 @@
 """``python -m toysim``."""
 
-import sys
-
-from ._cli import main
+from ._cli import console
 
 if __name__ == "__main__":  # not when a worker process of `toysim check --jobs` imports it
-    sys.exit(main())
+    console()

@@ -171,5 +171,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console() -> None:
+    """The ``toysim`` console script and ``python -m toysim``: :func:`main`, then a quick exit.
+
+    Once a command has returned, Python's finalisation would tear down jax's and XLA's objects one
+    by one: 0.1-0.4 s on 2 cores (measured on ``python -c "import jax"`` and on ``toysim exact``),
+    a tenth of a warm ``toysim exact`` run, for nothing. By then the command's work is done: every
+    file toysim writes is closed by the command itself, stdout and stderr are flushed here, and the
+    handlers registered with :mod:`atexit` (JAX's among them) run here too. The process then ends
+    with :func:`os._exit`, which skips only that teardown. In-process callers (tests, notebooks)
+    call :func:`main`, which returns.
+    """
+    import atexit
+    import os
+
+    try:
+        code = main()
+    except SystemExit as stop:  # argparse's --help and usage errors
+        code = stop.code
+    except BrokenPipeError:  # the reader of stdout went away (`toysim exact ... | head`)
+        code = 141  # what a shell reports for a process ended by SIGPIPE
+        sys.stdout = None  # nothing more to write there
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (BrokenPipeError, ValueError):  # a reader that went away, or a closed stream
+            pass
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
