@@ -151,16 +151,25 @@ def run_case(case: str, batches: list[int], loop_n: int, repeat: int, folder: st
                 "chunk_estimate_bytes": b * per_instance,
             }
         )
+    memory = _device_memory()
     rows.append(
         {
             "case": case,
             "mode": "memory limit",
             "per_instance_bytes": per_instance,
-            "largest_chunk": int(available_bytes() // per_instance),
-            "available_bytes": available_bytes(),
+            "largest_chunk": int(memory // per_instance),
+            "available_bytes": memory,
         }
     )
     return rows
+
+
+def _device_memory() -> int:
+    """The memory a chunk lives in: the accelerator's where JAX reports it, else the host's."""
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return available_bytes()
 
 
 def run_sweep(case: str, n: int, chunk: int, folder: str) -> dict:
@@ -196,15 +205,20 @@ def main() -> None:
         batches["dp"] = [1, 4, 16]
     batches["enum"] = args.enum_batches or batches["enum"]
     batches["dp"] = args.dp_batches or batches["dp"]
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        for case in ("enum", "dp"):
-            rows += run_case(case, batches[case], LOOP_N[case], args.repeat, folder)
-        rows.append(run_sweep("enum", args.instances, 256, folder))
-        rows.append(run_sweep("dp", max(8, args.instances // 16), 16, folder))
     print(f"jax {jax.__version__}, {jax.local_device_count()} {jax.default_backend()} device(s)")
     print(f"{'case':<5} {'mode':<13} {'batch':>6} {'inst/s':>10} {'x loop':>8} {'chunk estimate':>15}")
-    for r in rows:
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        # each case's rows are printed, and the JSON rewritten, as soon as they are measured: a run
+        # stopped by a time limit keeps what it measured
+        for case in ("enum", "dp"):
+            _report(rows, run_case(case, batches[case], LOOP_N[case], args.repeat, folder), args.json)
+        _report(rows, [run_sweep("enum", args.instances, 256, folder)], args.json)
+        _report(rows, [run_sweep("dp", max(8, args.instances // 16), 16, folder)], args.json)
+
+
+def _report(rows: list[dict], new: list[dict], path: str | None) -> None:
+    for r in new:
         if r["mode"] == "memory limit":
             print(
                 f"{r['case']:<5} {'memory limit':<13} {r['per_instance_bytes'] / 2**20:.3g} MiB an instance: "
@@ -214,10 +228,12 @@ def main() -> None:
         est = r.get("chunk_estimate_bytes")
         print(
             f"{r['case']:<5} {r['mode']:<13} {r['batch']:>6} {r['inst_per_s']:>10.4g} "
-            f"{r.get('speedup', float('nan')):>8.3g} {'' if est is None else f'{est / 2**20:.3g} MiB':>15}"
+            f"{r.get('speedup', float('nan')):>8.3g} {'' if est is None else f'{est / 2**20:.3g} MiB':>15}",
+            flush=True,
         )
-    if args.json:
-        with open(args.json, "w") as fh:
+    rows += new
+    if path:
+        with open(path, "w") as fh:
             json.dump(rows, fh, indent=1)
 
 

@@ -10,7 +10,9 @@
 #     T = 1,000 Markov x automaton DP case up to 1,024, each against one call per instance;
 #   * bench_dp.py --quick --no-storm: the DP engine alone at growing T, V, S;
 # and the same sweep case on the machine's CPU cores (JAX_PLATFORMS=cpu) for a side-by-side.
-# Each step has its own time limit, so one slow step cannot take the rest with it.
+# Each step has its own time limit, so one slow step cannot take the rest with it, and each
+# benchmark prints and saves its rows as it measures them. It stops at once where jax has no GPU
+# backend (the "memory limit" rows read the GPU's memory from JAX).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/toysim-gpu}
@@ -29,8 +31,12 @@ step() {  # step SECONDS NAME COMMAND...
   timeout "$limit" "$@" 2>&1 | tee -a "$log"
   echo "== $name: exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
-step 150 "sweep, GPU" python3 benchmarks/bench_sweep.py --repeat 2 --json "$out/sweep_gpu.json" \
-  --enum-batches 1 256 1024 4096 16384 --dp-batches 1 16 64 256 1024
+if ! python3 -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')"; then
+  echo "no GPU backend in this jax: nothing measured" | tee -a "$log"
+  exit 1
+fi
+batches=(--enum-batches 1 256 1024 4096 16384 --dp-batches 1 16 64 256 1024)
+step 150 "sweep, GPU" python3 benchmarks/bench_sweep.py --repeat 2 --json "$out/sweep_gpu.json" "${batches[@]}"
 step 90 "DP engine, GPU" python3 benchmarks/bench_dp.py --quick --no-storm --repeat 2 --json "$out/dp_gpu.json"
-step 90 "sweep, CPU" env JAX_PLATFORMS=cpu python3 benchmarks/bench_sweep.py --quick --repeat 2 \
-  --json "$out/sweep_cpu.json"
+step 150 "sweep, CPU" env JAX_PLATFORMS=cpu python3 benchmarks/bench_sweep.py --repeat 2 \
+  --json "$out/sweep_cpu.json" "${batches[@]}"

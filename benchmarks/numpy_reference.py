@@ -138,6 +138,10 @@ def dp_reference(v, horizon, lam, log_init, log_trans, start, delta, final) -> d
     below[0] = float(det_by_remaining[horizon][start])
     reach = np.zeros((v, s))
     star = np.zeros((v, s))
+    # automaton states reachable after t tokens, from the transitions alone (every token has positive
+    # probability): the probabilities in `reach` can underflow to 0 at long horizons
+    alive = np.zeros(s, dtype=bool)
+    alive[start] = True
     for t in range(1, horizon + 1):
         hn = gather(H[t])  # (S, V)
         ln = gather(log_z[t])
@@ -165,7 +169,10 @@ def dp_reference(v, horizon, lam, log_init, log_trans, start, delta, final) -> d
             star = np.bincount(target.ravel(), weights=flow_star.ravel(), minlength=v * s).reshape(v, s)
         det = det_by_remaining[horizon - t]
         below[t] = np.sum(reach * det[None, :])
-        determined_all[t] = bool(np.all(det[reach.sum(axis=0) > 0]))
+        after = np.zeros(s, dtype=bool)
+        after[delta[alive].ravel()] = True
+        alive = after
+        determined_all[t] = bool(np.all(det[alive]))
     return _report(root_h, None, info, grad, trace, below, determined_all, kl)
 
 

@@ -217,25 +217,30 @@ def test_console_script_no_traceback(tmp_path):
 def test_console_exit_keeps_the_output_and_the_exit_status(tmp_path):
     """``python -m toysim`` ends with ``os._exit`` after the command: the report is whole, the
     status is the command's, ``--help`` exits 0, and a reader that goes away early gets no
-    traceback (status 141, as for a process ended by SIGPIPE)."""
+    traceback (status 141, as for a process ended by SIGPIPE), whether the report overflows the
+    pipe while it is written or sits in stdout's buffer until the final flush."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered
     path = tmp_path / "inst.json"
     path.write_text(json.dumps(MARKOV))
     cmd = [sys.executable, "-m", "toysim", "exact", str(path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and proc.stderr == ""
     assert json.loads(proc.stdout) == json.loads(json.dumps(main_report(path)))
-    helped = subprocess.run([sys.executable, "-m", "toysim", "--help"], capture_output=True, text=True)
+    helped = subprocess.run(
+        [sys.executable, "-m", "toysim", "--help"], capture_output=True, text=True, env=env
+    )
     assert helped.returncode == 0 and "usage: toysim" in helped.stdout
-    usage = subprocess.run([sys.executable, "-m", "toysim", "bogus"], capture_output=True, text=True)
+    usage = subprocess.run([sys.executable, "-m", "toysim", "bogus"], capture_output=True, text=True, env=env)
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
-    # a reader that closes the pipe after one byte of a report larger than the pipe's buffer
-    big = {**MARKOV, "horizon": 4000}
-    path.write_text(json.dumps(big))
-    reader = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    reader.stdout.read(1)
-    reader.stdout.close()
-    assert reader.wait() == 141
-    assert "Traceback" not in reader.stderr.read().decode()
+    for horizon, read in ((4000, 1), (2, 0)):  # a report larger than the pipe, and a small one
+        path.write_text(json.dumps({**MARKOV, "horizon": horizon}))
+        reader = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        reader.stdout.read(read)
+        reader.stdout.close()
+        assert reader.wait() == 141, horizon
+        assert "Traceback" not in reader.stderr.read().decode()
 
 
 def main_report(path):

@@ -139,6 +139,10 @@ def test_in_process_key_memo_agrees_with_the_key():
     weak = _aot._cached_key("analyze", _aot.call, [a[0], []], [*leaves[:-1], 1.0], tree)
     assert weak == _aot._key("analyze", [a[0], []], [*leaves[:-1], 1.0], tree)
     assert weak != _aot._cached_key("analyze", _aot.call, [a[0], []], leaves, tree)
+    # equal in Python, three programs for jax.jit: three keys, each the key's own
+    typed = [_aot._cached_key("analyze", _aot.call, [a[0], [("n", x)]], leaves, tree) for x in (1, 1.0, True)]
+    assert typed == [_aot._key("analyze", [a[0], [("n", x)]], leaves, tree) for x in (1, 1.0, True)]
+    assert len(set(typed)) == 3
     # a closure cannot be described: None, remembered; an unhashable static: the key, no shortcut
     closure = (lambda y: lambda x: x + y)(1)
     assert _aot._cached_key("f", _aot.call, [[("f", closure)]], leaves, tree) is None

@@ -2,5 +2,5 @@
 
 from ._cli import console
 
-if __name__ == "__main__":  # not when a worker process of `toysim check --jobs` imports it
+if __name__ == "__main__":
     console()

@@ -49,10 +49,13 @@ import numpy as np
 
 _folder: str | None = None
 _loaded: dict[str, Any] = {}  # key -> executable, for repeated calls within one process
-# (name, function, statics, tree, avals, options) -> key, or None where the call is uncacheable:
-# the in-process shortcut past _key, whose descriptions and hashing cost 0.7 ms a call (most of the
-# time of a small Newton step). Statics are compared as jax.jit compares them (hash and equality).
+# (name, function, statics, their types, tree, avals, options) -> key, or None where the call is
+# uncacheable: the in-process shortcut past _key, whose descriptions and hashing cost 0.1-0.2 ms a
+# call. Statics are compared as jax.jit compares them: hash and equality, and the type of each
+# top-level static (values nested inside a static, such as a dataclass's fields, are compared by
+# equality alone, by jax.jit too).
 _keys: dict[tuple, str | None] = {}
+_MISSING = object()
 _BROKEN = object()  # marks a key whose loaded executable failed to run in this process
 _lock = threading.Lock()
 _fingerprint: str | None = None
@@ -252,13 +255,19 @@ def _key(name: str, statics: list, leaves: list, tree, avals: list[tuple] | None
 def _cached_key(name: str, jitted: Callable, statics: list, leaves: list, tree) -> str | None:
     """:func:`_key`, or ``None`` for an uncacheable call, memoised within the process."""
     avals = _avals(leaves)
+    positional, keywords = statics[:-1], statics[-1]
+    # the statics themselves (hash and equality) and, as jax.jit checks them, their types: 1, 1.0
+    # and True are equal in Python but are three programs
+    types = tuple(type(x) for x in positional) + tuple(type(v) for _, v in keywords)
     try:
-        fast = (name, jitted, tuple(statics[:-1]), tuple(statics[-1]), tree, tuple(avals), _options())
+        fast = (name, jitted, tuple(positional), tuple(keywords), types, tree, tuple(avals), _options())
         hash(fast)
     except TypeError:  # an unhashable static (jax.jit would refuse it too): no shortcut
         fast = None
-    if fast is not None and fast in _keys:
-        return _keys[fast]
+    if fast is not None:
+        known = _keys.get(fast, _MISSING)
+        if known is not _MISSING:
+            return known
     try:
         key = _key(name, statics, leaves, tree, avals)
     except _Uncacheable:

@@ -171,6 +171,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+_SIGPIPE_STATUS = 141  # what a shell reports for a process ended by SIGPIPE
+
+
+def _flush(code: int) -> int:
+    """Flush stdout and stderr; the exit status becomes 141 if stdout's reader went away."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except BrokenPipeError:
+            if stream is sys.stdout and code == 0:
+                code = _SIGPIPE_STATUS
+        except ValueError:  # a stream closed by the command
+            pass
+    return code
+
+
 def console() -> None:
     """The ``toysim`` console script and ``python -m toysim``: :func:`main`, then a quick exit.
 
@@ -190,20 +207,15 @@ def console() -> None:
     except SystemExit as stop:  # argparse's --help and usage errors
         code = stop.code
     except BrokenPipeError:  # the reader of stdout went away (`toysim exact ... | head`)
-        code = 141  # what a shell reports for a process ended by SIGPIPE
-        sys.stdout = None  # nothing more to write there
+        code = _SIGPIPE_STATUS
     if code is None:
         code = 0
     elif not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except (BrokenPipeError, ValueError):  # a reader that went away, or a closed stream
-            pass
+    code = _flush(code)
     atexit._run_exitfuncs()
+    code = _flush(code)  # what the exit handlers wrote
     os._exit(code)
 
 

@@ -179,14 +179,16 @@ def _cmd_reproduce(args) -> int:
     child = _start_figures(args.out) if args.jobs > 1 else None
     try:
         results = _run(args, os.path.join(out_dir, "counterexamples"))
-    except BaseException:
+        ok = _report(results, False, sys.stdout)
+        # encoded before the file is opened: a value JSON cannot hold leaves no half-written file
+        text = json.dumps({"ok": ok, "checks": [r.to_dict() for r in results]}, indent=1, allow_nan=False)
+        with open(os.path.join(out_dir, "checks.json"), "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except BaseException:  # the figures child is not left running behind a failure
         if child is not None:
             child.kill()
             child.wait()
         raise
-    ok = _report(results, False, sys.stdout)
-    with open(os.path.join(out_dir, "checks.json"), "w", encoding="utf-8") as fh:
-        json.dump({"ok": ok, "checks": [r.to_dict() for r in results]}, fh, indent=1, allow_nan=False)
     # None: the committed figures under figures/output
     made = _finish_figures(child) if child is not None else make_all(args.out)
     if made:
