@@ -45,15 +45,6 @@ def _small(tmp_path, horizon):
     return _write(tmp_path, inst)
 
 
-def _markov(v, seed):
-    rng = np.random.default_rng(seed)
-    return {
-        "kind": "markov",
-        "initial_logits": rng.normal(size=v).round(6).tolist(),
-        "transition_logits": rng.normal(size=(v, v)).round(6).tolist(),
-    }
-
-
 # V = 3 tokens, S = 4 states, start state 1, λ = 0.7: harmful iff token 2 comes within the first two
 # positions (state 0 harmful, 1 and 2 still open, 3 safe), so the uniform horizon is 2 < T
 DEADLINE = {
@@ -61,7 +52,7 @@ DEADLINE = {
     "vocab_size": 3,
     "horizon": 6,
     "lambda": 0.7,
-    "policy": _markov(3, 1),
+    "policy": BENCH._markov(np.random.default_rng(1), 3),
     "harm": {
         "kind": "automaton",
         "start": 1,
