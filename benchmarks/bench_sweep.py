@@ -11,13 +11,14 @@ reference. ``loop``: the sweep's per-instance function (``toysim._sweep.enumerat
 ``dp_one``) jitted without vmap, one call per instance on device arrays. ``loop (exact)``: what
 ``toysim exact`` computes, one ``toysim.analyze`` (everything, autodiff included) or
 ``toysim.dp_analyze(..., autodiff=False)`` call per instance. ``batched``: the sweep's program
-(``toysim._sweep.stack_instances`` and ``analyze_batch``: stacking, transfer, one vmapped call,
-fetch). Times
-after one compiling call, best of ``--repeat``. For each batch size the table gives instances/s,
+(``toysim._sweep.stack_instances`` and ``analyze_batch``: stacking, transfer, one compiled call,
+fetch); ``program``: the same without the stacking (the chunk's arrays already built, as the
+sweep builds the next chunk's while one computes): transfer, one compiled call, fetch. Times after one compiling call, best of ``--repeat``. For each batch size the table gives instances/s,
 the speed-up over the loop, and the memory estimate of a chunk (``toysim._memory``); the last line
 says the largest chunk the available memory allows (where memory stops the batch). ``sweep``
-rows time a whole ``toysim.sweep`` of ``--instances`` instances (instance generation, parsing and
-CSV included), compiled beforehand.
+rows time a whole ``toysim.sweep`` of ``--instances`` instances (4,096 by default; chunk size
+"auto" for the enumeration, 16 for the DP's ``--instances / 256``; instance generation, parsing and
+CSV included), compiled beforehand, best of ``--repeat``.
 
 Run: ``python benchmarks/bench_sweep.py [--quick] [--json out.json] [--enum-batches N ...]
 [--dp-batches N ...]``; limit the cores with ``taskset -c 0,1``. On a GPU: ``benchmarks/gpu.sh``.
@@ -141,16 +142,23 @@ def run_case(case: str, batches: list[int], loop_n: int, repeat: int, folder: st
 
         batched()  # compile
         t = best(batched, repeat)
-        rows.append(
-            {
-                "case": case,
-                "mode": "batched",
-                "batch": b,
-                "inst_per_s": b / t,
-                "speedup": (b / t) * loop_s,
-                "chunk_estimate_bytes": b * per_instance,
-            }
-        )
+        stacked = _sweep.stack_instances(chunk, shape)
+
+        def program(stacked=stacked):  # transfer, the compiled call and the fetch
+            return _sweep._fetch(_sweep._dispatch(stacked, shape, NAMES, False))
+
+        tp = best(program, repeat)
+        for mode, seconds in (("batched", t), ("program", tp)):
+            rows.append(
+                {
+                    "case": case,
+                    "mode": mode,
+                    "batch": b,
+                    "inst_per_s": b / seconds,
+                    "speedup": (b / seconds) * loop_s,
+                    "chunk_estimate_bytes": b * per_instance,
+                }
+            )
     memory = _device_memory()
     rows.append(
         {
@@ -172,8 +180,9 @@ def _device_memory() -> int:
     return available_bytes()
 
 
-def run_sweep(case: str, n: int, chunk: int, folder: str) -> dict:
-    """A whole toysim.sweep of n instances (programs compiled by a first, smaller sweep)."""
+def run_sweep(case: str, n: int, chunk, folder: str, repeat: int) -> dict:
+    """A whole toysim.sweep of n instances, best of ``repeat`` (its programs compiled by a first
+    sweep of the same chunks, the lambda changed so that its table is another)."""
     base = {
         "family": CASES[case],
         "grid": {"seed": list(range(n)), "lambda": [1.5]},
@@ -181,21 +190,24 @@ def run_sweep(case: str, n: int, chunk: int, folder: str) -> dict:
         "engine": ENGINE[case],
         "chunk_size": chunk,
     }
-    toysim.sweep(
-        {**base, "grid": {"seed": [0], "lambda": [1.5]}, "output": os.path.join(folder, f"warm_{case}.csv")}
-    )
-    out = os.path.join(folder, f"sweep_{case}.csv")
-    t0 = time.perf_counter()
-    toysim.sweep({**base, "output": out}, progress=False)
-    t = time.perf_counter() - t0
-    return {"case": case, "mode": "sweep", "batch": chunk, "instances": n, "inst_per_s": n / t}
+    warm = {**base, "grid": {"seed": list(range(n)), "lambda": [2.5]}}
+    toysim.sweep({**warm, "output": os.path.join(folder, f"warm_{case}.csv")}, progress=False)
+    times = []
+    for k in range(repeat):
+        out = os.path.join(folder, f"sweep_{case}_{k}.csv")
+        t0 = time.perf_counter()
+        result = toysim.sweep({**base, "output": out}, progress=False)
+        times.append(time.perf_counter() - t0)
+    t = min(times)
+    batch = -(-n // result.chunks)  # the chunk size "auto" chose
+    return {"case": case, "mode": "sweep", "batch": batch, "instances": n, "inst_per_s": n / t}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batch sizes")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--instances", type=int, default=256, help="instances of the whole-sweep rows")
+    parser.add_argument("--instances", type=int, default=4096, help="instances of the whole-sweep rows")
     parser.add_argument("--json", default=None)
     parser.add_argument("--enum-batches", type=int, nargs="+", help="batch sizes of the enumeration case")
     parser.add_argument("--dp-batches", type=int, nargs="+", help="batch sizes of the DP case")
@@ -213,8 +225,8 @@ def main() -> None:
         # stopped by a time limit keeps what it measured
         for case in ("enum", "dp"):
             _report(rows, run_case(case, batches[case], LOOP_N[case], args.repeat, folder), args.json)
-        _report(rows, [run_sweep("enum", args.instances, 256, folder)], args.json)
-        _report(rows, [run_sweep("dp", max(8, args.instances // 16), 16, folder)], args.json)
+        _report(rows, [run_sweep("enum", args.instances, "auto", folder, args.repeat)], args.json)
+        _report(rows, [run_sweep("dp", max(8, args.instances // 256), 16, folder, args.repeat)], args.json)
 
 
 def _report(rows: list[dict], new: list[dict], path: str | None) -> None:

@@ -77,10 +77,13 @@ MAX_INSTANCES = 10**6
 _BYTES_PER_CELL = 26
 # Fraction of the available memory a chunk may use when the chunk size is "auto".
 _CHUNK_MEMORY_FRACTION = 0.25
-# Largest "auto" chunk: on CPU the time per instance grows again past a few hundred instances of
-# V = 3, T = 6 (arrays leave the cache; benchmarks/bench_sweep.py: 64 -> 28k, 256 -> 23k,
-# 1024 -> 15k instances/s), and a smaller chunk loses less to a kill.
-_MAX_AUTO_CHUNK = 256
+# Largest "auto" chunk: a larger one spreads the cost of a compiled call over more instances, a
+# smaller one loses less to a kill.
+_MAX_AUTO_CHUNK = 1024
+# Working memory of the instances analysed at once within a chunk on the enumeration engine
+# (:func:`sub_batch`): V = 3, T = 6 ran fastest at 128-256 instances (21-43 MiB by the estimate),
+# V = 4, T = 7 at 8-16 (27-53 MiB); both ran 2-3x slower with the whole chunk at once.
+_SUB_BATCH_BYTES = 32 * 2**20
 
 
 class SweepSpec(NamedTuple):
@@ -775,18 +778,55 @@ def dp_one(horizon: int, names: tuple[str, ...], autodiff: bool):
     return one
 
 
+def sub_batch(per_instance: float, per_device: int) -> int:
+    """Instances analysed at once within a device's share of a chunk (:func:`_enumerate_program`):
+    as many as :data:`_SUB_BATCH_BYTES` of working memory hold, at least 1, at most the share."""
+    return max(1, min(per_device, int(_SUB_BATCH_BYTES // per_instance)))
+
+
 @functools.cache
-def _enumerate_program(policy, names: tuple[str, ...], autodiff: bool):
-    """One compiled program per (policy, fields): :func:`enumerate_one` vmapped over instances,
-    ``(params, harm table, harm row of each instance, λ)`` (:func:`_stack`)."""
+def _enumerate_program(policy, names: tuple[str, ...], autodiff: bool, devices: int = 1, sub: int = 0):
+    """One compiled program per (policy, fields, devices, sub-batch): :func:`enumerate_one` over a
+    chunk's instances, ``(params, harm table, harm row of each instance, λ)`` (:func:`_stack`).
+
+    The chunk (its length a multiple of ``devices``) is split into one share per device, the axis
+    the batch sharding splits; each share runs ``sub`` instances at a time (``jax.lax.map`` of
+    ``jax.vmap``), so that the working arrays stay a few tens of MiB, in the processor's cache,
+    however large the chunk (``sub = 0``: the whole share at once). One ``jax.vmap`` over a whole
+    chunk got slower per instance as the chunk grew: V = 3, T = 6, 2,048 instances ran at 35-43k
+    instances/s, against 80-110k in sub-batches of 128-256 (benchmarks/bench_sweep.py).
+    """
     import jax
 
     one = enumerate_one(policy, names, autodiff)
 
+    def share(leaf_harms, params, which, lam):
+        def run(x):
+            return one(x[0], leaf_harms[x[1]], x[2])
+
+        if sub == 0:
+            return jax.vmap(run)((params, which, lam))
+        return jax.lax.map(run, (params, which, lam), batch_size=sub)
+
     def batch(params, leaf_harms, which, lam):
-        return jax.vmap(lambda p, i, x: one(p, leaf_harms[i], x))(params, which, lam)
+        split, join = _per_device(devices)
+        out = jax.vmap(functools.partial(share, leaf_harms))(*split((params, which, lam)))
+        return join(out)
 
     return jax.jit(batch)
+
+
+def _per_device(devices: int):
+    """``(split, join)``: a batch axis ``(n, …)`` as ``(devices, n / devices, …)`` and back."""
+    import jax
+
+    def split(tree):
+        return jax.tree_util.tree_map(lambda x: x.reshape(devices, -1, *x.shape[1:]), tree)
+
+    def join(tree):
+        return jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+
+    return split, join
 
 
 @functools.cache
@@ -928,7 +968,10 @@ def _dispatch(inputs: tuple, shape: _Shape, names: tuple[str, ...], autodiff: bo
     else:
         v, t = shape.vocab_size, shape.horizon
         policy = MarkovPolicy(v, t, order=1) if shape.policy == "markov" else TabularPolicy(v, t)
-        program = _enumerate_program(policy, names, autodiff)
+        devices = len(sharding.device_set)
+        per_device = len(inputs[2]) // devices
+        sub = sub_batch(instance_bytes(shape, autodiff), per_device)
+        program = _enumerate_program(policy, names, autodiff, devices, sub)
     with _no_prefix_sharding():
         return program(*inputs)
 
@@ -958,12 +1001,15 @@ def _rows(spec: SweepSpec, plan: SweepPlan, ids: list[int], shape: _Shape, array
         ("sweep", spec.digest),
     ):
         template[index[name]] = _cell(value)
-    varying = []  # parameter columns that can differ between the chunk's instances
+    swept = set(spec.grid) | set(spec.random[2] if spec.random else ())
+    varying = []  # parameter columns that differ between the sweep's instances: the swept ones
     for name in _parameter_columns(spec):
-        if name in ("base", "policy", "window", "hidden"):
-            template[index[name]] = _cell(_parameter_value(spec, {}, name))
-        elif name not in ("vocab_size", "horizon"):
+        if name in ("vocab_size", "horizon"):
+            continue
+        if name in swept or (name == "harm" and any(n.startswith("harm.") for n in swept)):
             varying.append((index[name], name))
+        else:
+            template[index[name]] = _cell(_parameter_value(spec, {}, name))
     blocks = []  # (first column, values per instance, integer-valued) of each quantity
     for name, arr in zip(spec.quantities, arrays):
         values = np.asarray(arr).reshape(len(ids), -1)
@@ -972,7 +1018,9 @@ def _rows(spec: SweepSpec, plan: SweepPlan, ids: list[int], shape: _Shape, array
             if name in SCALAR_QUANTITIES
             else index[f"{name}[{0 if name == 'horizon_distribution' else 1}]"]
         )
-        blocks.append((first, values.tolist(), name == "uniform_horizon"))
+        flat = values.ravel().tolist()  # every cell of the block at once, then a slice per row
+        cells = [str(int(x)) for x in flat] if name == "uniform_horizon" else list(map(repr, flat))
+        blocks.append((first, values.shape[1], cells))
     rows = []
     for j, i in enumerate(ids):
         row = template.copy()
@@ -980,9 +1028,8 @@ def _rows(spec: SweepSpec, plan: SweepPlan, ids: list[int], shape: _Shape, array
         point = plan.points[i]
         for c, name in varying:
             row[c] = _cell(_parameter_value(spec, point, name))
-        for first, values, integer in blocks:
-            cells = [str(int(x)) for x in values[j]] if integer else list(map(repr, values[j]))
-            row[first : first + len(cells)] = cells
+        for first, width, cells in blocks:
+            row[first : first + width] = cells[j * width : (j + 1) * width]
         rows.append(row)
     return rows
 
