@@ -16,9 +16,9 @@ fetch); ``program``: the same without the stacking (the chunk's arrays already b
 sweep builds the next chunk's while one computes): transfer, one compiled call, fetch. Times after one compiling call, best of ``--repeat``. For each batch size the table gives instances/s,
 the speed-up over the loop, and the memory estimate of a chunk (``toysim._memory``); the last line
 says the largest chunk the available memory allows (where memory stops the batch). ``sweep``
-rows time a whole ``toysim.sweep`` of ``--instances`` instances (4,096 by default; chunk size
-"auto" for the enumeration, 16 for the DP's ``--instances / 256``; instance generation, parsing and
-CSV included), compiled beforehand, best of ``--repeat``.
+rows time a whole ``toysim.sweep`` (instance generation, parsing and CSV included), compiled
+beforehand, best of ``--repeat``: ``--instances`` enumeration instances (4,096 by default) with the
+chunk size "auto", and ``max(8, --instances // 256)`` DP instances in chunks of 16.
 
 Run: ``python benchmarks/bench_sweep.py [--quick] [--json out.json] [--enum-batches N ...]
 [--dp-batches N ...]``; limit the cores with ``taskset -c 0,1``. On a GPU: ``benchmarks/gpu.sh``.
@@ -196,10 +196,10 @@ def run_sweep(case: str, n: int, chunk, folder: str, repeat: int) -> dict:
     for k in range(repeat):
         out = os.path.join(folder, f"sweep_{case}_{k}.csv")
         t0 = time.perf_counter()
-        result = toysim.sweep({**base, "output": out}, progress=False)
+        toysim.sweep({**base, "output": out}, progress=False)
         times.append(time.perf_counter() - t0)
     t = min(times)
-    batch = -(-n // result.chunks)  # the chunk size "auto" chose
+    batch = _sweep.plan_sweep(toysim.load_sweep_spec({**base, "output": out})).chunk_size
     return {"case": case, "mode": "sweep", "batch": batch, "instances": n, "inst_per_s": n / t}
 
 

@@ -105,16 +105,19 @@ def test_markov_rows_equal_exact_per_instance(tmp_path, engine):
 
 
 def test_sub_batches_of_a_chunk_give_the_exact_rows(tmp_path, monkeypatch):
-    """A chunk of 4 run 3 instances at a time (one full sub-batch, then the remainder of 1) gives
-    each instance its own ``toysim exact`` row, on the Markov grid and on a harm grid."""
+    """Chunks of 5 run 3 instances at a time (a full sub-batch, then a remainder of 2) give each
+    instance its own ``toysim exact`` row: Markov instances differing in λ and seed, and tabular
+    ones with a different harm each."""
     monkeypatch.setattr(_sweep, "sub_batch", lambda per_instance, per_device: min(3, per_device))
-    path = write_spec(tmp_path, {**MARKOV_FAMILY, "engine": "enumerate"})
+    path = write_spec(tmp_path, {**MARKOV_FAMILY, "engine": "enumerate", "chunk_size": 5})
     assert toysim.sweep(path, progress=False).computed == 6
     check_rows_against_exact(path, *table(tmp_path / "table.csv"))
-    harms = copy.deepcopy(MARKOV_FAMILY)  # a different harm row for each instance of a chunk
+    harms = copy.deepcopy(MARKOV_FAMILY)
+    harms["family"]["policy"] = {"kind": "tabular"}
     harms.update(
         engine="enumerate",
         grid={"harm.deadline": [1, 2, 3], "seed": [0, 1], "lambda": [0.5]},
+        chunk_size=5,
         output="harms.csv",
     )
     path = write_spec(tmp_path, harms, "harms.json")
@@ -123,9 +126,11 @@ def test_sub_batches_of_a_chunk_give_the_exact_rows(tmp_path, monkeypatch):
 
 
 def test_sub_batch_sizes():
-    assert _sweep.sub_batch(_sweep._SUB_BATCH_BYTES / 256, 1024) == 256
-    assert _sweep.sub_batch(_sweep._SUB_BATCH_BYTES / 256, 64) == 64  # at most a device's share
-    assert _sweep.sub_batch(2.0 * _sweep._SUB_BATCH_BYTES, 1024) == 1  # at least one instance
+    size = _sweep._SUB_BATCH_BYTES
+    assert _sweep.sub_batch(size / 256, 1024) == 256
+    assert _sweep.sub_batch(size / 191.5, 1024) == 128  # a power of two: no remainder to trace
+    assert _sweep.sub_batch(size / 256, 64) == 64  # at most a device's share
+    assert _sweep.sub_batch(2.0 * size, 1024) == 1  # at least one instance
 
 
 def test_tabular_and_mlp_families_and_harm_grid(tmp_path):

@@ -98,7 +98,7 @@ DEVICE_SPEC = {
         "equilibrium_kl_by_position",
     ],
     "engine": "enumerate",
-    "chunk_size": 8,
+    "chunk_size": 20,
     "output": "four.csv",
 }
 
@@ -107,6 +107,9 @@ import json, sys
 import jax
 jax.config.update("jax_enable_x64", True)
 import toysim
+from toysim import _sweep
+# 3 at a time in each device's share of 5 (a chunk of 20 on 4 devices): a sub-batch and a remainder
+_sweep.sub_batch = lambda per_instance, per_device: min(3, per_device)
 result = toysim.sweep(sys.argv[1], progress=False)
 print(json.dumps({"device_count": jax.local_device_count(), "devices": result.devices}))
 """

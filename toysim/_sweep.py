@@ -11,10 +11,12 @@ Instances of one shape (engine, policy class, ``V``, ``T``, automaton states ``S
 chunks by one compiled program: ``jax.vmap`` of the per-instance analysis (the tree engine's
 :func:`toysim._analysis.analysis`, the product engine's :func:`toysim._dp.dp_analyze_arrays`) over
 stacked parameters, harms and ``λ``, the batch axis sharded over every local device
-(``NamedSharding`` over a 1-d mesh). Chunks are padded to the chunk size (the last instance
-repeated), so each shape compiles once. Rows are appended and flushed chunk by chunk; a rerun of
-the same spec skips the instances already in the table. In a run of ``n`` processes, chunk ``i``
-goes to process ``i mod n``, which writes its own part file; :func:`merge_sweep_parts` joins them.
+(``NamedSharding`` over a 1-d mesh); on CPU the tree engine runs each device's share in
+cache-sized sub-batches (``jax.lax.map`` over that ``jax.vmap``, :func:`sub_batch`). Chunks are
+padded to the chunk size (the last instance repeated), so each shape compiles once. Rows are
+appended and flushed chunk by chunk; a rerun of the same spec skips the instances already in the
+table. In a run of ``n`` processes, chunk ``i`` goes to process ``i mod n``, which writes its own
+part file; :func:`merge_sweep_parts` joins them.
 """
 
 from __future__ import annotations
@@ -78,11 +80,13 @@ _BYTES_PER_CELL = 26
 # Fraction of the available memory a chunk may use when the chunk size is "auto".
 _CHUNK_MEMORY_FRACTION = 0.25
 # Largest "auto" chunk: a larger one spreads the cost of a compiled call over more instances, a
-# smaller one loses less to a kill.
+# smaller one loses less to a kill. 1,024 where every shape runs on the enumeration engine (in
+# sub-batches, see _SUB_BATCH_BYTES); the DP's chunk is one jax.vmap, measured up to 64 instances.
 _MAX_AUTO_CHUNK = 1024
+_MAX_AUTO_CHUNK_DP = 256
 # Working memory of the instances analysed at once within a chunk on the enumeration engine
-# (:func:`sub_batch`): V = 3, T = 6 ran fastest at 128-256 instances (21-43 MiB by the estimate),
-# V = 4, T = 7 at 8-16 (27-53 MiB); both ran 2-3x slower with the whole chunk at once.
+# (:func:`sub_batch`, on CPU): V = 3, T = 6 ran fastest at 128-256 instances (21-43 MiB by the
+# estimate), V = 4, T = 7 at 8-16 (27-53 MiB); both ran 2-3x slower with the whole chunk at once.
 _SUB_BATCH_BYTES = 32 * 2**20
 
 
@@ -703,7 +707,8 @@ def plan_sweep(spec: SweepSpec) -> SweepPlan:
     devices = _local_device_count()
     if spec.chunk_size is None:
         fit = int(available_bytes() * _CHUNK_MEMORY_FRACTION // per_instance)
-        size = max(1, min(len(points), _MAX_AUTO_CHUNK, fit))
+        cap = _MAX_AUTO_CHUNK_DP if any(s.engine == "dp" for s in set(shapes)) else _MAX_AUTO_CHUNK
+        size = max(1, min(len(points), cap, fit))
     else:
         size = spec.chunk_size
         refuse_unless_fits(
@@ -780,21 +785,25 @@ def dp_one(horizon: int, names: tuple[str, ...], autodiff: bool):
 
 def sub_batch(per_instance: float, per_device: int) -> int:
     """Instances analysed at once within a device's share of a chunk (:func:`_enumerate_program`):
-    as many as :data:`_SUB_BATCH_BYTES` of working memory hold, at least 1, at most the share."""
-    return max(1, min(per_device, int(_SUB_BATCH_BYTES // per_instance)))
+    the largest power of two whose working memory fits in :data:`_SUB_BATCH_BYTES`, at least 1,
+    at most the share (a power of two divides the usual chunk sizes, and ``jax.lax.map`` traces
+    the analysis a second time for a remainder)."""
+    fit = max(1, int(_SUB_BATCH_BYTES // per_instance))
+    return min(per_device, 1 << (fit.bit_length() - 1))
 
 
 @functools.cache
-def _enumerate_program(policy, names: tuple[str, ...], autodiff: bool, devices: int = 1, sub: int = 0):
+def _enumerate_program(policy, names: tuple[str, ...], autodiff: bool, devices: int = 1, sub: int = 1):
     """One compiled program per (policy, fields, devices, sub-batch): :func:`enumerate_one` over a
     chunk's instances, ``(params, harm table, harm row of each instance, λ)`` (:func:`_stack`).
 
     The chunk (its length a multiple of ``devices``) is split into one share per device, the axis
     the batch sharding splits; each share runs ``sub`` instances at a time (``jax.lax.map`` of
     ``jax.vmap``), so that the working arrays stay a few tens of MiB, in the processor's cache,
-    however large the chunk (``sub = 0``: the whole share at once). One ``jax.vmap`` over a whole
-    chunk got slower per instance as the chunk grew: V = 3, T = 6, 2,048 instances ran at 35-43k
-    instances/s, against 80-110k in sub-batches of 128-256 (benchmarks/bench_sweep.py).
+    however large the chunk. One ``jax.vmap`` over a whole chunk got slower per instance as the
+    chunk grew: V = 3, T = 6, 2,048 instances ran at 35-43k instances/s on CPU, against 80-110k in
+    sub-batches of 128-256 (benchmarks/bench_sweep.py). ``sub`` equal to the share is one
+    ``jax.vmap`` (on accelerators, whose memory is not a CPU cache).
     """
     import jax
 
@@ -804,7 +813,7 @@ def _enumerate_program(policy, names: tuple[str, ...], autodiff: bool, devices: 
         def run(x):
             return one(x[0], leaf_harms[x[1]], x[2])
 
-        if sub == 0:
+        if sub >= len(which):
             return jax.vmap(run)((params, which, lam))
         return jax.lax.map(run, (params, which, lam), batch_size=sub)
 
@@ -970,7 +979,9 @@ def _dispatch(inputs: tuple, shape: _Shape, names: tuple[str, ...], autodiff: bo
         policy = MarkovPolicy(v, t, order=1) if shape.policy == "markov" else TabularPolicy(v, t)
         devices = len(sharding.device_set)
         per_device = len(inputs[2]) // devices
-        sub = sub_batch(instance_bytes(shape, autodiff), per_device)
+        # sub-batches keep a CPU's cache warm; an accelerator takes its whole share at once
+        cpu = jax.default_backend() == "cpu"
+        sub = sub_batch(instance_bytes(shape, autodiff), per_device) if cpu else per_device
         program = _enumerate_program(policy, names, autodiff, devices, sub)
     with _no_prefix_sharding():
         return program(*inputs)
