@@ -21,7 +21,10 @@ beforehand, best of ``--repeat``: ``--instances`` enumeration instances (4,096 b
 chunk size "auto", and ``max(8, --instances // 256)`` DP instances in chunks of 16.
 
 Run: ``python benchmarks/bench_sweep.py [--quick] [--json out.json] [--enum-batches N ...]
-[--dp-batches N ...]``; limit the cores with ``taskset -c 0,1``. On a GPU: ``benchmarks/gpu.sh``.
+[--dp-batches N ...] [--cases enum dp] [--sub-batch auto|whole|N]``; limit the cores with
+``taskset -c 0,1``. ``--sub-batch`` overrides how many instances the enumeration analyses at once
+within a chunk (docs/sweeps.md: on CPU the sweep's choice is a cache-sized power of two, on an
+accelerator the whole chunk). On a GPU: ``benchmarks/gpu.sh``.
 """
 
 from __future__ import annotations
@@ -211,7 +214,18 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--enum-batches", type=int, nargs="+", help="batch sizes of the enumeration case")
     parser.add_argument("--dp-batches", type=int, nargs="+", help="batch sizes of the DP case")
+    parser.add_argument("--cases", nargs="+", choices=("enum", "dp"), default=["enum", "dp"])
+    parser.add_argument(
+        "--sub-batch",
+        default="auto",
+        help="instances the enumeration analyses at once within a chunk: auto (the sweep's choice, "
+        "toysim._sweep.sub_batch), whole (one jax.vmap over the chunk) or a number",
+    )
     args = parser.parse_args()
+    if args.sub_batch != "auto":
+        whole = args.sub_batch == "whole"
+        size = 0 if whole else int(args.sub_batch)
+        _sweep.sub_batch = lambda per_instance, per_device: per_device if whole else min(size, per_device)
     batches = {"enum": [1, 16, 64, 256] if args.quick else [1, 16, 64, 256, 1024, 4096], "dp": [1, 4, 16, 64]}
     if args.quick:
         batches["dp"] = [1, 4, 16]
@@ -223,10 +237,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         # each case's rows are printed, and the JSON rewritten, as soon as they are measured: a run
         # stopped by a time limit keeps what it measured
-        for case in ("enum", "dp"):
+        for case in args.cases:
             _report(rows, run_case(case, batches[case], LOOP_N[case], args.repeat, folder), args.json)
-        _report(rows, [run_sweep("enum", args.instances, "auto", folder, args.repeat)], args.json)
-        _report(rows, [run_sweep("dp", max(8, args.instances // 256), 16, folder, args.repeat)], args.json)
+        if "enum" in args.cases:
+            _report(rows, [run_sweep("enum", args.instances, "auto", folder, args.repeat)], args.json)
+        if "dp" in args.cases:
+            sweep_dp = run_sweep("dp", max(8, args.instances // 256), 16, folder, args.repeat)
+            _report(rows, [sweep_dp], args.json)
 
 
 def _report(rows: list[dict], new: list[dict], path: str | None) -> None:

@@ -784,10 +784,16 @@ def dp_one(horizon: int, names: tuple[str, ...], autodiff: bool):
 
 
 def sub_batch(per_instance: float, per_device: int) -> int:
-    """Instances analysed at once within a device's share of a chunk (:func:`_enumerate_program`):
-    the largest power of two whose working memory fits in :data:`_SUB_BATCH_BYTES`, at least 1,
-    at most the share (a power of two divides the usual chunk sizes, and ``jax.lax.map`` traces
-    the analysis a second time for a remainder)."""
+    """Instances analysed at once within a device's share of a chunk (:func:`_enumerate_program`).
+
+    On CPU the largest power of two whose working memory fits in :data:`_SUB_BATCH_BYTES`, at least
+    1, at most the share (a power of two divides the usual chunk sizes, and ``jax.lax.map`` traces
+    the analysis a second time for a remainder): sub-batches keep the processor's cache warm. On
+    an accelerator, whose memory is not a cache, the whole share (one ``jax.vmap``)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return per_device
     fit = max(1, int(_SUB_BATCH_BYTES // per_instance))
     return min(per_device, 1 << (fit.bit_length() - 1))
 
@@ -979,9 +985,7 @@ def _dispatch(inputs: tuple, shape: _Shape, names: tuple[str, ...], autodiff: bo
         policy = MarkovPolicy(v, t, order=1) if shape.policy == "markov" else TabularPolicy(v, t)
         devices = len(sharding.device_set)
         per_device = len(inputs[2]) // devices
-        # sub-batches keep a CPU's cache warm; an accelerator takes its whole share at once
-        cpu = jax.default_backend() == "cpu"
-        sub = sub_batch(instance_bytes(shape, autodiff), per_device) if cpu else per_device
+        sub = sub_batch(instance_bytes(shape, autodiff), per_device)
         program = _enumerate_program(policy, names, autodiff, devices, sub)
     with _no_prefix_sharding():
         return program(*inputs)
