@@ -1025,7 +1025,7 @@ def _rows(spec: SweepSpec, plan: SweepPlan, ids: list[int], shape: _Shape, array
             varying.append((index[name], name))
         else:
             template[index[name]] = _cell(_parameter_value(spec, {}, name))
-    blocks = []  # (first column, values per instance, integer-valued) of each quantity
+    blocks = []  # (first column, cells per instance, every cell of the chunk) of each quantity
     for name, arr in zip(spec.quantities, arrays):
         values = np.asarray(arr).reshape(len(ids), -1)
         first = (
