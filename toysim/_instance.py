@@ -194,7 +194,13 @@ def _policy(spec: Any, vocab: int, horizon: int):
     raise ValueError(f"policy.kind must be 'tabular' or 'markov', got {kind!r}")
 
 
-def _harm(spec: Any, vocab: int, horizon: int) -> Harm:
+def harm_from_spec(spec: Any, vocab: int, horizon: int) -> Harm:
+    """The harm of an instance file's ``harm`` object, validated and built as ``toysim exact``
+    builds it (also the sweep's, :func:`toysim._sweep._parsed_harm`).
+
+    Raises:
+      ValueError: one line naming the field, for a malformed object.
+    """
     if not isinstance(spec, dict):
         raise ValueError("harm must be an object")
     kind = _get(spec, "kind", "harm.")
@@ -280,7 +286,7 @@ def from_dict(data: Any) -> Instance:
             f"a {'tabular policy' if tabular else 'harm table'} over vocab_size**horizon = {vocab}**{horizon} sequences is too large"
         )
     policy, params = _policy(policy_spec, vocab, horizon)
-    harm = _harm(harm_spec, vocab, horizon)
+    harm = harm_from_spec(harm_spec, vocab, horizon)
     return Instance(policy, params, harm, lam)
 
 

@@ -918,9 +918,9 @@ def stack_instances(instances: list, shape: _Shape) -> tuple:
 @functools.cache
 def _parsed_harm(harm_json: str, vocab_size: int, horizon: int):
     """A harm object of the instance format, validated and built as ``toysim exact`` does."""
-    from ._instance import _harm
+    from ._instance import harm_from_spec
 
-    return _harm(json.loads(harm_json), vocab_size, horizon)
+    return harm_from_spec(json.loads(harm_json), vocab_size, horizon)
 
 
 @functools.cache
