@@ -13,8 +13,9 @@ reference. ``loop``: the sweep's per-instance function (``toysim._sweep.enumerat
 ``toysim.dp_analyze(..., autodiff=False)`` call per instance. ``batched``: the sweep's program
 (``toysim._sweep.stack_instances`` and ``analyze_batch``: stacking, transfer, one compiled call,
 fetch); ``program``: the same without the stacking (the chunk's arrays already built, as the
-sweep builds the next chunk's while one computes): transfer, one compiled call, fetch. Times after one compiling call, best of ``--repeat``. For each batch size the table gives instances/s,
-the speed-up over the loop, and the memory estimate of a chunk (``toysim._memory``); the last line
+sweep builds the next chunk's while one computes): transfer, one compiled call, fetch. Times after
+one compiling call, best of ``--repeat``. For each batch size the table gives instances/s, the
+speed-up over the loop, and the memory estimate of a chunk (``toysim._memory``); the last line
 says the largest chunk the available memory allows (where memory stops the batch). ``sweep``
 rows time a whole ``toysim.sweep`` (instance generation, parsing and CSV included), compiled
 beforehand, best of ``--repeat``: ``--instances`` enumeration instances (4,096 by default) with the
@@ -222,10 +223,11 @@ def main() -> None:
         "toysim._sweep.sub_batch), whole (one jax.vmap over the chunk) or a number",
     )
     args = parser.parse_args()
-    if args.sub_batch != "auto":
-        whole = args.sub_batch == "whole"
-        size = 0 if whole else int(args.sub_batch)
-        _sweep.sub_batch = lambda per_instance, per_device: per_device if whole else min(size, per_device)
+    if args.sub_batch == "whole":
+        _sweep.sub_batch = lambda per_instance, per_device: per_device
+    elif args.sub_batch != "auto":
+        size = int(args.sub_batch)
+        _sweep.sub_batch = lambda per_instance, per_device: min(size, per_device)
     batches = {"enum": [1, 16, 64, 256] if args.quick else [1, 16, 64, 256, 1024, 4096], "dp": [1, 4, 16, 64]}
     if args.quick:
         batches["dp"] = [1, 4, 16]

@@ -815,33 +815,18 @@ def _enumerate_program(policy, names: tuple[str, ...], autodiff: bool, devices: 
 
     one = enumerate_one(policy, names, autodiff)
 
-    def share(leaf_harms, params, which, lam):
+    def batch(params, leaf_harms, which, lam):
         def run(x):
             return one(x[0], leaf_harms[x[1]], x[2])
 
-        if sub >= len(which):
-            return jax.vmap(run)((params, which, lam))
-        return jax.lax.map(run, (params, which, lam), batch_size=sub)
+        def share(*xs):  # one device's instances
+            return jax.vmap(run)(xs) if sub >= len(xs[1]) else jax.lax.map(run, xs, batch_size=sub)
 
-    def batch(params, leaf_harms, which, lam):
-        split, join = _per_device(devices)
-        out = jax.vmap(functools.partial(share, leaf_harms))(*split((params, which, lam)))
-        return join(out)
+        shares = jax.tree_util.tree_map(lambda x: x.reshape(devices, -1, *x.shape[1:]), (params, which, lam))
+        out = jax.vmap(share)(*shares)
+        return jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), out)
 
     return jax.jit(batch)
-
-
-def _per_device(devices: int):
-    """``(split, join)``: a batch axis ``(n, …)`` as ``(devices, n / devices, …)`` and back."""
-    import jax
-
-    def split(tree):
-        return jax.tree_util.tree_map(lambda x: x.reshape(devices, -1, *x.shape[1:]), tree)
-
-    def join(tree):
-        return jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
-
-    return split, join
 
 
 @functools.cache
@@ -984,8 +969,8 @@ def _dispatch(inputs: tuple, shape: _Shape, names: tuple[str, ...], autodiff: bo
         v, t = shape.vocab_size, shape.horizon
         policy = MarkovPolicy(v, t, order=1) if shape.policy == "markov" else TabularPolicy(v, t)
         devices = len(sharding.device_set)
-        per_device = len(inputs[2]) // devices
-        sub = sub_batch(instance_bytes(shape, autodiff), per_device)
+        which = inputs[2]  # (params, leaf harms, harm row of each instance, λ)
+        sub = sub_batch(instance_bytes(shape, autodiff), len(which) // devices)
         program = _enumerate_program(policy, names, autodiff, devices, sub)
     with _no_prefix_sharding():
         return program(*inputs)
