@@ -42,9 +42,15 @@ def cache(tmp_path):
         _aot.enable(before)
 
 
+def _markov_params(v, seed):
+    # drawn with numpy: policy.init is itself a cached program, and these tests count the entries
+    # of the programs they are about
+    return toysim.MarkovParams(jnp.asarray(np.random.default_rng(seed).normal(size=(v + 1, v))))
+
+
 def _instance(v=3, t=3, seed=0):
     policy = toysim.MarkovPolicy(v, t)
-    params = policy.init(jax.random.key(seed))
+    params = _markov_params(v, seed)
     h = jnp.asarray(toysim.harm_values(toysim.graded_harm(v, t, [v - 1]), v, t))
     return policy, params, h
 
@@ -80,7 +86,7 @@ def test_cached_analysis_is_bit_identical_and_loaded_from_disk(cache, monkeypatc
 
 def test_dp_concurrent_path_is_bit_identical(cache):
     policy = toysim.MarkovPolicy(2, _dp._CONCURRENT_FROM)  # the threaded four-program path
-    params = policy.init(jax.random.key(1))
+    params = _markov_params(2, 1)
     harm = toysim.trigger_harm(2, [1])
     _aot.disable()
     reference = toysim.dp_analyze(policy, params, harm, 1.0)
@@ -279,3 +285,64 @@ def test_entries_stored_after_jax_cached_the_program_still_run(tmp_path):
     loaded = _cli(tmp_path, "exact", horizon=horizon)
     assert cold == restored == loaded
     assert len(stored) == 4 and not any(name.endswith(".broken") for name in os.listdir(folder))
+
+
+def _close(a, b, tol=1e-14):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
+
+
+def test_program_decorator_compiles_a_library_function_whole(cache, monkeypatch):
+    """``@_aot.program``: the decorated function returns what the function computes op by op (to
+    rounding), the same bits as its ``jax.jit``; it is stored under its own name and a new process
+    loads it without tracing; keyword-only arguments reach the function; inside ``jit`` and
+    ``grad`` it is a nested ``jit``; with an input that is not an array it runs as written."""
+    from toysim import _recovery
+
+    policy, params, h = _instance()
+    levels = toysim.forward(policy, params)
+    _close(levels, toysim.forward.__wrapped__(policy, params))
+    _same_bits(levels, toysim.forward.jitted(policy, params))
+    stored = [f for f in os.listdir(cache) if f.startswith("_enumerate.forward-")]
+    assert len(stored) == 1
+
+    _aot._loaded.clear()  # a new process: loaded, not traced
+
+    def no_trace(*args, **kwargs):
+        raise AssertionError("traced again although the executable is on disk")
+
+    monkeypatch.setattr(toysim.forward.jitted, "lower", no_trace, raising=False)
+    _same_bits(toysim.forward(policy, params), levels)
+    monkeypatch.undo()
+
+    # keyword-only arguments, by keyword and by default
+    mask = jnp.asarray(toysim.recovery_mask([0], 3))
+    log_q, _ = _recovery.harmful_log_marginals(levels, toysim.harm_martingale(levels, h))
+    discounts = jnp.asarray([0.5, 0.25, 0.125])
+    for kwargs in ({}, {"discounts": discounts}):
+        _close(
+            _recovery.attack_curves(levels, mask, log_q, **kwargs),
+            _recovery.attack_curves.__wrapped__(levels, mask, log_q, **kwargs),
+        )
+    with_d = _recovery.attack_curves(levels, mask, log_q, discounts=discounts)
+    without = _recovery.attack_curves(levels, mask, log_q)
+    assert any(
+        not np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree_util.tree_leaves(with_d), jax.tree_util.tree_leaves(without))
+    )
+
+    # inside jit and under grad: the function of the parameters, differentiated
+    def harm(p):
+        return toysim.harm_martingale(toysim.forward(policy, p), h)[0][0]
+
+    def harm_op_by_op(p):
+        return toysim.harm_martingale.__wrapped__(toysim.forward.__wrapped__(policy, p), h)[0][0]
+
+    _close(jax.jit(harm)(params), harm_op_by_op(params))
+    _close(jax.grad(harm)(params), jax.grad(harm_op_by_op)(params))
+
+    # the product engine is not an array (it is built inside compiled functions): as written
+    aut = _dp.automaton_arrays(toysim.trigger_harm(3, [2]), 3)
+    engine = _dp.ProductEngine.markov(params.logits, aut, 3)
+    final = jnp.asarray(aut.final_harm, dtype=jnp.float64)
+    _same_bits(toysim.harm_martingale(engine, final), toysim.harm_martingale.__wrapped__(engine, final))

@@ -175,6 +175,9 @@ def _describe(obj: Any) -> str:
         return f"treedef:{obj}"
     if isinstance(obj, functools.partial):
         return f"partial({_describe(obj.func)},{_describe(obj.args)},{_describe(obj.keywords)})"
+    if isinstance(obj, types.FunctionType) and getattr(obj, "_program_of", None) is not None:
+        # a function decorated with `program`: it runs the function it wraps, described by its name
+        return f"program:{_describe(obj._program_of)}"
     if isinstance(obj, types.FunctionType):
         # a module-level function of toysim is named by where it lives: its code is in the source
         # digest. A lambda, a closure, or a function (or below, a class) from outside toysim, whose
@@ -412,3 +415,66 @@ def call(name: str, jitted: Callable, args: tuple, static: tuple[int, ...] = (),
         except OSError:
             pass
         return jitted(*args, **kwargs)
+
+
+# Inputs that a program decorated with `program` takes as arrays (anything else runs uncompiled).
+_ARRAY_LIKE = (jax.Array, np.ndarray, np.generic, bool, int, float, complex)
+
+
+def program(*, static_argnames: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
+    """Decorator: a library function compiled whole with ``jax.jit``, run through :func:`call`.
+
+    Called outside ``jit``, a function runs op by op, and every operation on a new shape is traced,
+    lowered and looked up in JAX's cache on its own: a few milliseconds each, most of what the
+    theorem checks and the figures spent outside their compiled programs. Decorated, it is one
+    program: loaded from the executable cache where the cache is on, else compiled by ``jax.jit``;
+    inside a traced function it is an ordinary nested ``jax.jit``. Where an input is not an array
+    (the product engine, which is built inside compiled functions, or the tree's shape without a
+    policy) the function runs as written.
+
+    Args:
+      static_argnames: the parameters that are static (a policy, a position ``t``); the others are
+        arrays or pytrees of arrays. For a method, name ``"self"``.
+
+    The program's name in the cache is the function's module and qualified name; the decorated
+    function keeps the original as ``__wrapped__`` (op by op) and its ``jax.jit`` as ``jitted``.
+    """
+
+    def wrap(fn: Callable) -> Callable:
+        import inspect
+
+        signature = inspect.signature(fn)
+        params = list(signature.parameters.values())
+        plain = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        if any(p.kind not in plain for p in params):
+            raise TypeError(f"{fn.__qualname__}: program() takes named parameters only, no *args or **kwargs")
+        names = [p.name for p in params]
+        unknown = set(static_argnames) - set(names)
+        if unknown:
+            raise TypeError(f"{fn.__qualname__}: no parameter {sorted(unknown)}")
+        static = tuple(i for i, n in enumerate(names) if n in static_argnames)
+        keyword = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        first_keyword = len(names) - len(keyword)
+
+        def positional(*args):
+            return fn(*args[:first_keyword], **dict(zip(keyword, args[first_keyword:])))
+
+        positional.__name__ = positional.__qualname__ = fn.__qualname__
+        jitted = jax.jit(positional, static_argnums=static)
+        name = f"{fn.__module__.rpartition('.')[2]}.{fn.__qualname__}"
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            args = tuple(bound.arguments[n] for n in names)
+            dynamic = [a for i, a in enumerate(args) if i not in static]
+            if not all(isinstance(x, _ARRAY_LIKE) for x in jax.tree_util.tree_leaves(dynamic)):
+                return positional(*args)
+            return call(name, jitted, args, static=static)
+
+        run._program_of = fn
+        run.jitted = jitted  # the jax.jit of the function, all arguments positional
+        return run
+
+    return wrap

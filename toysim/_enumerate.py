@@ -33,6 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float
 
+from . import _aot
 from ._engine import Step, TreeKernel, expectation, log_expectation
 from ._types import Policy, PyTree
 
@@ -175,6 +176,7 @@ def log_probs(policy: Policy, params: PyTree, t: int) -> Float[Array, "prefix vo
     return jax.nn.log_softmax(policy.logits(params, t), axis=-1)
 
 
+@_aot.program(static_argnames=("policy",))
 def forward(policy: Policy, params: PyTree) -> Levels:
     """Lay a policy out on the prefix tree.
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from . import _aot
 from ._engine import Kernel, Step, constant_children, log_expectation
 from ._enumerate import Levels, levels_from_log_cond
 from ._martingale import harm_martingale
@@ -40,6 +41,7 @@ def tilt_leaf(engine, h: Float[Array, " leaves"], lam) -> Array:
     return engine.leaf(-lam * h)
 
 
+@_aot.program()
 def log_partition(engine, h: Float[Array, " leaves"], lam) -> Any:
     """``log Z_t(x)``, ``Z_t = E_{π_0}[e^{−λh} | state x at t]``, for ``t = 0..T`` (either engine).
 
@@ -99,6 +101,7 @@ def tilt_kl_by_position(engine, log_z) -> Float[Array, " T"]:
     return kls
 
 
+@_aot.program()
 def tilt(base: Levels, h: Float[Array, " leaves"], lam: float) -> Equilibrium:
     """The equilibrium ``π* ∝ π_0 e^{−λh}`` on the tree and its per-position KL to ``π_0`` [Thm 14].
 
@@ -119,6 +122,7 @@ def tilt(base: Levels, h: Float[Array, " leaves"], lam: float) -> Equilibrium:
     return reweight(base, tilt_leaf(base, h, lam))
 
 
+@_aot.program()
 def reweight(base: Levels, log_weight: Float[Array, " leaves"]) -> Equilibrium:
     """The reweighted policy ``π(y) ∝ π_0(y) f(y)`` on the tree, from ``log f`` at every leaf.
 

@@ -22,12 +22,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from . import _aot
 from ._engine import Step, constant_children
 from ._enumerate import Levels, levels_from_log_cond, log_cond_untied
 from ._martingale import innovations
 from ._types import Policy, PyTree
 
 
+@_aot.program()
 def tree_sq_norm(tree: PyTree) -> Array:
     """``‖θ‖²`` summed over all leaves of a pytree."""
     return sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(tree))
@@ -46,6 +48,7 @@ def covariance_cotangent(step: Step, pair: tuple | None = None) -> Array:
     return step.kernel.pull(weight, child, parent)
 
 
+@_aot.program()
 def covariance_weights(levels: Levels, martingale: tuple[Array, ...]) -> tuple[Array, ...]:
     """``w_t(p, v) = P(p) π(v|p) Δ_t(p·v)`` for ``t = 1..T`` on the tree, each ``(V**(t-1), V)``
     (:func:`covariance_cotangent` at every level)."""
@@ -81,6 +84,7 @@ def per_position(policy: Policy, params: PyTree, cotangents: Sequence[Array]) ->
     return pull_back(policy, params, cotangents)
 
 
+@_aot.program(static_argnames=("policy",))
 def covariance_gradient(
     policy: Policy, params: PyTree, levels: Levels, martingale: tuple[Array, ...]
 ) -> tuple[PyTree, ...]:
@@ -165,6 +169,7 @@ def untied_copies_gradient(policy: Policy, params: PyTree, h: Float[Array, " lea
     return tuple(jax.grad(objective)([params] * policy.horizon))
 
 
+@_aot.program(static_argnames=("policy", "t"))
 def prefix_covariance_sq_norm(
     policy: Policy, params: PyTree, levels: Levels, martingale: tuple[Array, ...], t: int
 ) -> Float[Array, " prefix"]:
@@ -191,6 +196,7 @@ def prefix_covariance_sq_norm(
     return total
 
 
+@_aot.program(static_argnames=("policy",))
 def fisher_bound(
     policy: Policy, params: PyTree, levels: Levels, information: Float[Array, " T"]
 ) -> Float[Array, " T"]:

@@ -15,10 +15,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
+from . import _aot
 from ._engine import Step, maximum, minimum
 from ._enumerate import Levels
 
 
+@_aot.program()
 def determined(engine, final: Array):
     """Which states determine the harm, at every position ``t = 0..T`` (either engine).
 
@@ -31,6 +33,7 @@ def determined(engine, final: Array):
     return jax.tree_util.tree_map(jnp.equal, lo, hi)
 
 
+@_aot.program(static_argnames=("vocab_size", "horizon"))
 def determined_masks(h: Float[Array, " leaves"], vocab_size: int, horizon: int) -> tuple[Array, ...]:
     """For ``t = 0..T``, which prefixes of length ``t`` determine the harm (the tree's
     :func:`determined`, from ``h`` alone).
@@ -41,6 +44,7 @@ def determined_masks(h: Float[Array, " leaves"], vocab_size: int, horizon: int) 
     return determined(Levels.structure(vocab_size, horizon), h)
 
 
+@_aot.program()
 def sequence_horizon(masks: tuple[Bool[Array, ...], ...]) -> Int[Array, " leaves"]:
     """``τ(y)`` for every sequence, shape ``(V**T,)`` (the tree only: one entry per sequence).
 
@@ -54,6 +58,7 @@ def sequence_horizon(masks: tuple[Bool[Array, ...], ...]) -> Int[Array, " leaves
     return tau
 
 
+@_aot.program()
 def uniform_horizon(masks, engine=None) -> Int[Array, ""]:
     """``k = max_y τ(y)``: the first position at which every reachable state is determined.
 
@@ -82,6 +87,7 @@ def horizon_term(step: Step, pair: tuple | None = None) -> Array:
     return jnp.sum(open_mass * step.kernel.mean(det_child.astype(step.log_p.dtype)))
 
 
+@_aot.program()
 def horizon_distribution(engine, masks) -> Float[Array, " T_plus_1"]:
     """``P(τ = t)`` for ``t = 0..T`` under the policy (either engine).
 

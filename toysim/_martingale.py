@@ -12,10 +12,12 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from . import _aot
 from ._engine import Step, constant_children
 from ._enumerate import backward
 
 
+@_aot.program()
 def harm_martingale(engine, h: Float[Array, " leaves"]):
     """``H_t(y_≤t) = E_π[h(Y) | Y_≤t = y_≤t]`` for ``t = 0..T`` [Def 1].
 
@@ -37,6 +39,7 @@ def harm_martingale(engine, h: Float[Array, " leaves"]):
     return backward(engine, h)
 
 
+@_aot.program()
 def innovations(martingale: tuple[Array, ...]) -> tuple[Array, ...]:
     """``Δ_t(p·v) = H_t(p·v) − H_{t−1}(p)`` for ``t = 1..T`` on the tree, each ``(V**(t-1), V)``.
 
@@ -66,6 +69,7 @@ def information_term(step: Step, pair: tuple | None = None) -> Array:
     return jnp.sum(jnp.where(constant_children(child), 0.0, mass))
 
 
+@_aot.program()
 def harm_information(engine, martingale) -> Float[Array, " T"]:
     """``I_t = E[Δ_t²] = E_{y<t}[Var(H_t | y_<t)]`` for ``t = 1..T`` [Def 5] (either engine).
 
@@ -76,6 +80,7 @@ def harm_information(engine, martingale) -> Float[Array, " T"]:
     return info
 
 
+@_aot.program()
 def harm_variance(engine, h: Float[Array, " leaves"]) -> Array:
     """``Var(h) = E[(h − E h)²]`` under the policy, computed directly from the final states."""
     p_final = jnp.exp(engine.log_prob[-1])
@@ -100,6 +105,7 @@ class MartingaleSummary(NamedTuple):
     martingale: tuple[Array, ...]
 
 
+@_aot.program()
 def martingale_summary(engine, h: Float[Array, " leaves"]) -> MartingaleSummary:
     """``E[h]``, ``Var(h)``, ``I_t`` and ``H_t`` from one backward pass."""
     mart = harm_martingale(engine, h)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from . import _aot
 from ._engine import keep_constants, log_expectation
 from ._enumerate import Levels, levels_from_log_cond
 from ._equilibrium import tilt_kl_term, tilted_log_cond
@@ -96,6 +97,7 @@ def reweighting(
     return Reweighted(log_w, kls, jnp.sum(kls), expected, curves["standard"], curves["policy"])
 
 
+@_aot.program()
 def reweighted_levels(base: Levels, log_weight: Float[Array, " leaves"]) -> Levels:
     """The reweighted policy's per-token conditionals on the tree, as :class:`toysim.Levels`."""
     from ._equilibrium import reweight
@@ -263,6 +265,7 @@ def _soft_value(kernel, child, step):
 soft_value = keep_constants(_soft_value)
 
 
+@_aot.program()
 def token_wise_optimum(base: Levels, h: Float[Array, " leaves"], lam, betas: Array) -> Levels:
     """The minimiser over all policies of ``λ E[h] + Σ_t β_t E_{x~π}[KL(π(·|x) ‖ π_0(·|x))]``.
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from . import _aot
 from ._enumerate import Levels, forward, levels_from_log_cond, log_cond_untied
 from ._recovery import RecoverySpec, log_recovery_probability, recovery_penalty
 from ._types import Policy, PyTree
@@ -38,11 +39,13 @@ def xlogy_kl(log_p: Array, log_q: Array, axis: int = -1) -> Array:
     return jnp.sum(p * diff, axis=axis)
 
 
+@_aot.program()
 def sequence_kl(p: Levels, q: Levels) -> Array:
     """``KL(P ‖ Q)`` between two policies, summed over whole sequences (reference for ``Σ D_t``)."""
     return _prefix_kl(p.log_prefix[-1], q.log_prefix[-1])
 
 
+@_aot.program()
 def kl_by_position(p: Levels, q: Levels) -> Float[Array, " T"]:
     """Per-position KL ``E_{p ~ P}[KL(P(·|p) ‖ Q(·|p))]`` for ``t = 1..T`` (chain rule of KL)."""
     prefix_kl = [_prefix_kl(lp, lq) for lp, lq in zip(p.log_cond, q.log_cond)]
@@ -223,6 +226,7 @@ def _pair_terms(levels: Levels, base: Levels, h: Array, beta_r) -> tuple[Array, 
     return weight, prefer, rho[:, None] - rho[None, :]
 
 
+@_aot.program()
 def dpo_loss(levels: Levels, base: Levels, h: Float[Array, " leaves"], beta, beta_r) -> Array:
     """The population DPO loss ``−E_{y,y'~π_0, label}[log σ(β(ρ(y_w) − ρ(y_l)))]`` (docs/theory.md §11).
 
@@ -234,6 +238,7 @@ def dpo_loss(levels: Levels, base: Levels, h: Float[Array, " leaves"], beta, bet
     return -jnp.sum(weight * term)
 
 
+@_aot.program()
 def ipo_loss(levels: Levels, base: Levels, h: Float[Array, " leaves"], beta, beta_r) -> Array:
     """The population IPO loss ``E[(ρ(y_w) − ρ(y_l) − 1/(2β))²]`` on the pairs of :func:`dpo_loss`."""
     weight, prefer, margin = _pair_terms(levels, base, h, beta_r)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from . import _aot
 from ._types import Policy, PyTree
 
 
@@ -133,6 +134,7 @@ class TabularPolicy:
         _check_positive_int("vocab_size", self.vocab_size, 2)
         _check_positive_int("horizon", self.horizon, 1)
 
+    @_aot.program(static_argnames=("self",))
     def init(self, key: jax.Array, scale: float = 1.0) -> tuple[Array, ...]:
         """Gaussian logits with standard deviation ``scale``."""
         keys = jax.random.split(key, self.horizon)
@@ -151,6 +153,7 @@ class TabularPolicy:
         """Logits of given prefixes of one length ``t``: the rows of block ``t`` at their indices."""
         return params[prefixes.shape[1]][_lex_index(prefixes, self.vocab_size)]
 
+    @_aot.program(static_argnames=("self", "t"))
     def fisher_trace(self, params: PyTree, t: int) -> Float[Array, " prefix"]:
         """``tr F_t(p) = E[‖s_t‖² | p] = 1 − ‖π(·|p)‖²`` for a lookup parameterisation."""
         probs = jax.nn.softmax(self.logits(params, t), axis=-1)
@@ -212,6 +215,7 @@ class MarkovPolicy:
         _check_positive_int("horizon", self.horizon, 1)
         _check_positive_int("order", self.order, 1)
 
+    @_aot.program(static_argnames=("self",))
     def init(self, key: jax.Array, scale: float = 1.0) -> MarkovParams:
         """Gaussian logits with standard deviation ``scale``."""
         shape = ((self.vocab_size + 1) ** self.order, self.vocab_size)
@@ -227,10 +231,12 @@ class MarkovPolicy:
         weights = (self.vocab_size + 1) ** xp.arange(self.order)
         return xp.sum(last * weights[None, :], axis=1)
 
+    @_aot.program(static_argnames=("self", "t"))
     def logits(self, params: MarkovParams, t: int) -> Float[Array, "prefix vocab"]:
         """Logits of all prefixes of length ``t``."""
         return self._tile(params.logits, t)
 
+    @_aot.program(static_argnames=("self", "t"))
     def log_probs(self, params: MarkovParams, t: int) -> Float[Array, "prefix vocab"]:
         """``log π(·|p)`` of all prefixes of length ``t``: the table's rows normalised once, then
         read by every prefix (equal to ``log_softmax(logits(params, t))`` row by row)."""
@@ -251,6 +257,7 @@ class MarkovPolicy:
         """Logits of given prefixes of one length: the rows of their BOS-padded last ``order`` tokens."""
         return params.logits[self._rows(_last_columns(self.vocab_size, prefixes, self.order))]
 
+    @_aot.program(static_argnames=("self", "t"))
     def fisher_trace(self, params: MarkovParams, t: int) -> Float[Array, " prefix"]:
         """``tr F_t(p) = 1 − ‖π(·|p)‖²``: each prefix reads exactly one row of the table."""
         probs = jax.nn.softmax(self.logits(params, t), axis=-1)
@@ -308,6 +315,7 @@ class MLPPolicy:
     def num_features(self) -> int:
         return self.window * (self.vocab_size + 1) + self.vocab_size
 
+    @_aot.program(static_argnames=("self",))
     def init(self, key: jax.Array, scale: float = 1.0) -> MLPParams:
         """Gaussian weights scaled by fan-in, times ``scale``."""
         k1, k2, k3 = jax.random.split(key, 3)
@@ -350,6 +358,7 @@ class MLPPolicy:
         hidden = jnp.tanh(x @ params.w_in + params.b_in)
         return hidden @ params.w_out + params.b_out
 
+    @_aot.program(static_argnames=("self", "t"))
     def logits(self, params: MLPParams, t: int) -> Float[Array, "prefix vocab"]:
         """Logits of all prefixes of length ``t``."""
         return self._network(params, self.features(t))
@@ -359,6 +368,7 @@ class MLPPolicy:
         last = _last_columns(self.vocab_size, prefixes, self.window)
         return self._network(params, self._encode(last, prefixes))
 
+    @_aot.program(static_argnames=("self", "t"))
     def fisher_trace(self, params: MLPParams, t: int) -> Float[Array, " prefix"]:
         """``tr F_t(p) = Σ_v π(v|p) ‖∇_θ log π(v|p)‖²`` from the full Jacobian (small sizes)."""
         return generic_fisher_trace(self, params, t)

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from . import _aot
 from ._engine import Kernel, Step, masked_log_expectation
 from ._enumerate import Levels, backward, forward, levels_from_log_cond
 from ._equilibrium import tilt
@@ -169,6 +170,7 @@ def recovery_spec(
     return RecoverySpec(mask, tuple(q), mu, gamma)
 
 
+@_aot.program()
 def harmful_log_marginals(engine, martingale) -> tuple[Any, Array]:
     """``log Q_t(x)`` of ``Q = π_0`` conditioned on harm, ``Q(y) ∝ π_0(y) h(y)``, for ``t = 0..T−1``,
     and ``E_0[h]`` (either engine).
@@ -198,15 +200,21 @@ def harmful_prefix_marginals(base: Levels, h: Float[Array, " leaves"]) -> tuple[
     Raises:
       ValueError: if ``E_0[h] = 0`` (``Q`` has no mass).
     """
-    log_q, total = harmful_log_marginals(base, backward(base, jnp.asarray(h)))
+    q, total = _harmful_marginals(base, jnp.asarray(h))
     if not float(total) > 0:
         raise ValueError("q = harmful (π_0 conditioned on harm) has no mass: E_0[h] = 0")
-    return tuple(np.asarray(jnp.exp(x)) for x in log_q)
+    return tuple(np.asarray(x) for x in q)
+
+
+@_aot.program()
+def _harmful_marginals(base: Levels, h: Array) -> tuple[tuple[Array, ...], Array]:
+    log_q, total = harmful_log_marginals(base, backward(base, h))
+    return tuple(jnp.exp(x) for x in log_q), total
 
 
 def policy_prefix_marginals(levels: Levels) -> tuple[np.ndarray, ...]:
     """Prefix marginals ``P(p)`` of a policy (e.g. a jailbroken one), lengths ``0..T−1``."""
-    return tuple(np.asarray(jnp.exp(lp)) for lp in levels.log_prefix[:-1])
+    return tuple(np.exp(np.asarray(lp)) for lp in levels.log_prefix[:-1])
 
 
 def sequence_prefix_marginals(
@@ -259,6 +267,7 @@ def log_recovery(kernel: Kernel, mask: Array) -> tuple[Array, Array]:
     return inside, outside
 
 
+@_aot.program()
 def log_recovery_probability(levels: Levels, mask: np.ndarray) -> tuple[Array, ...]:
     """``log π(R | p)`` and ``log π(R^c | p)`` at every prefix of lengths ``0..T−1`` (the tree's
     :func:`log_recovery` per level).
@@ -338,17 +347,20 @@ def recovery_gradient(policy: Policy, params: PyTree, spec: RecoverySpec) -> tup
 # --------------------------------------------------------------------------- Gibbs form and training
 
 
+@_aot.program()
 def logit_recovery(levels: Levels, mask: np.ndarray) -> tuple[Array, ...]:
     """``logit π(R | p) = log π(R | p) − log π(R^c | p)`` at every prefix of lengths ``0..T−1``."""
     inside, outside = log_recovery_probability(levels, mask)
     return tuple(i - o for i, o in zip(inside, outside))
 
 
+@_aot.program()
 def gibbs_recovery(base: Levels, spec: RecoverySpec) -> tuple[Array, ...]:
     """[Thm 20] ``π*(R | p) = σ(logit π_0(R | p) + μγ^{t−1})`` at every prefix of length ``t − 1``."""
     return tuple(jax.nn.sigmoid(z + d) for z, d in zip(logit_recovery(base, spec.mask), spec.discounts))
 
 
+@_aot.program()
 def gibbs_policy(base: Levels, spec: RecoverySpec) -> Levels:
     """The Gibbs-form policy ``π*(v | p) ∝ π_0(v | p) exp(μγ^{t−1} 1[v ∈ R])`` at every prefix."""
     log_cond = tuple(
@@ -380,6 +392,7 @@ def gibbs_gap(
 # --------------------------------------------------------------------------- robustness
 
 
+@_aot.program()
 def min_log_recovery(engine, mask: Array) -> Array:
     """``log p_min = min_x log π_0(R | x)`` over every state that occurs at positions ``0..T−1``
     (either engine).
@@ -507,6 +520,7 @@ def attack_length(
 # --------------------------------------------------------------------------- prefilling attacks
 
 
+@_aot.program()
 def attack_curves(engine, mask: Array, log_q, *, log_z=None, discounts=None) -> dict[str, Array]:
     """Prefilling-attack success ``A(k) = E_{x ~ Q_k}[P(no recovery token after x)]`` for
     ``k = 0..T−1`` (docs/theory.md §9, toy version of Qi et al.), of up to three policies in one
@@ -570,6 +584,7 @@ def attack_success(levels: Levels, spec: RecoverySpec) -> Float[Array, " T"]:
     return attack_curves(levels, spec.mask, _log_q(spec))["policy"]
 
 
+@_aot.program()
 def standard_optimum(base: Levels, h: Float[Array, " leaves"], lam: float) -> Levels:
     """The standard-aligned optimum ``π* ∝ π_0 e^{−λh}`` (``toysim.tilt``)."""
     return tilt(base, jnp.asarray(h), lam).levels
@@ -621,7 +636,12 @@ def augmentation_variance(levels: Levels, spec: RecoverySpec) -> float:
     _, outside = log_recovery_probability(levels, spec.mask)
     T = spec.horizon
     second = sum(
-        float(jnp.sum(spec.q_prefix[t] * (T * spec.discounts[t] * jnp.exp(outside[t])) ** 2)) / T
+        float(
+            np.sum(
+                np.asarray(spec.q_prefix[t]) * (T * spec.discounts[t] * np.exp(np.asarray(outside[t]))) ** 2
+            )
+        )
+        / T
         for t in range(T)
     )
     mean = float(recovery_penalty(levels, spec))
