@@ -189,9 +189,22 @@ class _Unravel:
     def size(self) -> int:
         return sum(math.prod(s) for s in self.shapes)
 
-    def ravel(self, params: PyTree) -> jax.Array:
-        leaves = jax.tree_util.tree_leaves(params)
-        return jnp.concatenate([jnp.ravel(jnp.asarray(x)) for x in leaves]) if leaves else jnp.zeros(0)
+    def ravel(self, params: PyTree) -> np.ndarray:
+        """Concrete parameters as one flat vector, on the host (numpy: no program to compile)."""
+        leaves = [
+            np.asarray(x, dtype=d).reshape(-1) for x, d in zip(jax.tree_util.tree_leaves(params), self.dtypes)
+        ]
+        return np.concatenate(leaves) if leaves else np.zeros(0)
+
+    def host(self, flat: Any) -> PyTree:
+        """A concrete flat vector back to the pytree (sliced on the host, then handed to JAX)."""
+        flat = np.asarray(flat)
+        out, i = [], 0
+        for shape, dtype in zip(self.shapes, self.dtypes):
+            n = math.prod(shape)
+            out.append(jax.device_put(flat[i : i + n].reshape(shape).astype(dtype)))
+            i += n
+        return jax.tree_util.tree_unflatten(self.treedef, out)
 
     def __call__(self, flat: jax.Array) -> PyTree:
         out, i = [], 0
@@ -576,9 +589,10 @@ def minimize(
             )
             # a step that leaves x unchanged (no decrease left) is a fixed point: every later step
             # would return the same x, so stopping here changes nothing but the time spent
-            fixed = bool(jnp.array_equal(x_new, x))
+            x_new = np.asarray(x_new)
+            fixed = bool(np.array_equal(x_new, x))
             x = x_new
-            params = unravel(x)
+            params = unravel.host(x)
             if fixed:
                 record(i, params)
                 break
@@ -596,7 +610,7 @@ def minimize(
             print(f"\r[{'#' * done}{'.' * (30 - done)}] step {i}/{steps}", end="", file=sys.stderr)
     if show:
         print(file=sys.stderr)
-    if not all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree_util.tree_leaves(params)):
+    if not all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree_util.tree_leaves(params)):
         raise ValueError(
             f"training produced NaN parameters with optimizer={optimizer!r}, learning_rate={learning_rate}"
         )
