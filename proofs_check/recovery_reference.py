@@ -84,6 +84,13 @@ def level_logits(policy: Any, params_by_position: Sequence[PyTree]) -> list:
 
 def sequence_log_probs_from_logits(logits: Sequence[Any], vocab_size: int) -> jax.Array:
     """``log π(y) = Σ_t log_softmax(logits_t)[y_<t, y_t]`` for every response ``y``, ``(V**T,)``."""
+    return _sequence_log_probs(tuple(jnp.asarray(z) for z in logits), vocab_size)
+
+
+# Compiled (one program per shape instead of one per operation and shape: the checks call these
+# outside jit on many small shapes); the same operations, in the same order.
+@functools.partial(jax.jit, static_argnums=1)
+def _sequence_log_probs(logits: tuple, vocab_size: int) -> jax.Array:
     horizon = len(logits)
     rows, tokens = _rows(vocab_size, horizon)
     total = jnp.zeros(vocab_size**horizon)
@@ -136,9 +143,14 @@ def prefix_marginals(leaf: Any, vocab_size: int, horizon: int, lengths: int | No
 def recovery_probability(logits: Any, recovery: Sequence[int]) -> tuple[jax.Array, jax.Array]:
     """``(π(R | p), π(R^c | p))`` for every row ``p`` of one level's logits, each summed over its
     own tokens (so ``1 − π(R|p)`` keeps its relative precision)."""
-    probs = jnp.exp(jax.nn.log_softmax(jnp.asarray(logits), axis=-1))
+    return _recovery_probability(jnp.asarray(logits), tuple(int(r) for r in recovery))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _recovery_probability(logits: jax.Array, recovery: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    probs = jnp.exp(jax.nn.log_softmax(logits, axis=-1))
     vocab = probs.shape[-1]
-    inside = [v for v in range(vocab) if v in set(int(r) for r in recovery)]
+    inside = [v for v in range(vocab) if v in set(recovery)]
     outside = [v for v in range(vocab) if v not in inside]
     return jnp.sum(probs[:, inside], axis=-1), jnp.sum(probs[:, outside], axis=-1)
 
@@ -197,7 +209,7 @@ def sequence_kl(policy: Any, params_by_position: Sequence[PyTree], base_log_prob
 def per_position_gradient(policy: Any, params: PyTree, objective: Callable) -> list:
     """``∂ objective(θ_1, …, θ_T) / ∂θ_t`` at ``θ_1 = … = θ_T = θ`` (docs/theory.md §4), one pytree per
     position, by ``jax.grad`` of the brute-force objective."""
-    grads = jax.grad(objective)([params] * policy.horizon)
+    grads = jax.jit(jax.grad(objective))([params] * policy.horizon)  # one program, not one per operation
     return list(grads)
 
 
