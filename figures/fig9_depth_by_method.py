@@ -37,6 +37,12 @@ TINY = {"vocab_size": 2, "horizon": 3, "deadline": 1}
 # bounded by O(1 + |log π/π_0|)) and log A(k), a sum of at most T log-probabilities with logit
 # derivatives at most 1, by at most 2T times that: below a percent of every drawn value on a log
 # axis. Its attack curve is published as log10 A(k) (values down to 1e-30 keep relative digits).
+# Measured (2026-12-08): that bound covers only the directions the Hessian sees (toysim._optimize,
+# FLAT_RTOL). Conditionals with log π ≈ −30, which the loss weighs by ~1e-13, lie outside them and
+# move with float64 rounding: two runs that differed only in how the same functions were compiled
+# (op by op, or fused) certified the same bound, 2.7e-6, yet their log π differed by up to 5e-3 at
+# such prefixes and log10 A(1) by 2.3e-4 (-19.13494 and -19.13471). Still far below a percent on
+# the axis; the last published digit of log10 A can depend on the machine's rounding.
 CERTIFIED_TOL = 1e-5
 TRAINED_METHODS = ("recovery_penalty",)
 METHODS = tuple(  # (name, label, colour, marker)
