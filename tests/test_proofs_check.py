@@ -535,3 +535,34 @@ def test_import_scan_sees_every_import_form():
         "from proofs_check.f import y\ndef g():\n    from .h import z\nimport numpy\nfrom toysim import t\n"
     )
     assert _imported_modules(ast.parse(src)) == {"a", "b", "c", "d", "e", "f", "h"}
+
+
+def _drawn(check, tmp_path) -> list[str]:
+    """The inputs a seed-0 run of ``check`` evaluates, in order."""
+    seen = []
+
+    def recording(value):
+        seen.append(repr(value))
+        return check.compute(value)
+
+    run_check(dataclasses.replace(check, compute=recording), "ci", 0, str(tmp_path / "cx"))
+    return seen
+
+
+def test_draws_do_not_depend_on_the_modules_the_process_loaded(tmp_path, monkeypatch):
+    """Hypothesis draws constants from the source of every local module loaded in the process; the
+    runner switches that off (``source_constants_off``), so a seed draws the same inputs before and
+    after a new module full of small integers is imported (without the switch, that import changes
+    which inputs ``best_of_n_kl`` draws from its fourth on)."""
+    import sys
+
+    check = BY_NAME["best_of_n_kl"]
+    name = "toysim_test_constants"
+    (tmp_path / f"{name}.py").write_text("VALUES = (" + ", ".join(str(v) for v in range(200)) + ")\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = _drawn(check, tmp_path)
+    try:
+        __import__(name)
+        assert _drawn(check, tmp_path) == before
+    finally:
+        sys.modules.pop(name, None)
