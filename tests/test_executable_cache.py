@@ -346,3 +346,31 @@ def test_program_decorator_compiles_a_library_function_whole(cache, monkeypatch)
     engine = _dp.ProductEngine.markov(params.logits, aut, 3)
     final = jnp.asarray(aut.final_harm, dtype=jnp.float64)
     _same_bits(toysim.harm_martingale(engine, final), toysim.harm_martingale.__wrapped__(engine, final))
+
+
+def test_folder_is_trimmed_to_its_limit_least_recently_used_first(cache, monkeypatch):
+    """Past ``MAX_FOLDER_BYTES`` the entries used longest ago go first, until the folder is under
+    three quarters of the limit; a store trims, and a load marks its entry used."""
+    cache.mkdir(parents=True, exist_ok=True)
+    for age, name in enumerate("abcde"):  # a used longest ago, e last; 100 bytes each
+        (cache / f"{name}.exe").write_bytes(bytes(100))
+        os.utime(cache / f"{name}.exe", (1000.0 + age, 1000.0 + age))
+    (cache / "x.exe.broken").write_bytes(b"")
+    monkeypatch.setattr(_aot, "MAX_FOLDER_BYTES", 500)
+    _aot._trim(str(cache))
+    assert len(os.listdir(cache)) == 6  # at the limit: nothing removed
+    monkeypatch.setattr(_aot, "MAX_FOLDER_BYTES", 400)
+    _aot._trim(str(cache))
+    assert sorted(os.listdir(cache)) == ["c.exe", "d.exe", "e.exe", "x.exe.broken"]  # 300 <= 0.75 * 400
+
+    trimmed = []
+    monkeypatch.setattr(_aot, "_trim", lambda folder: trimmed.append(folder))
+    policy, params, h = _instance()
+    toysim.forward(policy, params)
+    assert trimmed == [str(cache)]  # the store trimmed
+    (entry,) = [f for f in os.listdir(cache) if f.startswith("_enumerate.forward-")]
+    os.utime(cache / entry, (1000.0, 1000.0))
+    _aot._loaded.clear()
+    toysim.forward(policy, params)  # a load: marked used now
+    assert os.path.getmtime(cache / entry) > 1000.0
+    assert trimmed == [str(cache)]  # a load does not trim

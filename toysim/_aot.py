@@ -19,8 +19,10 @@ packages' sources). A call whose static arguments cannot be described that way (
 closure, a user's loss or policy class), or whose inputs are tracers or spread over several
 devices, runs the ordinary ``jax.jit`` path.
 
-An entry that cannot be read back (truncated, written by another jaxlib) is compiled again and
-replaced; entries are written to a temporary file and renamed into place, so concurrent processes
+The folder is kept under :data:`MAX_FOLDER_BYTES` (2 GiB): a store that takes it above removes
+the entries used longest ago (a load marks an entry used), since every edit of toysim's source and
+every new shape leaves entries behind. An entry that cannot be read back (truncated, written by
+another jaxlib, removed by another process's trim) is compiled again and replaced; entries are written to a temporary file and renamed into place, so concurrent processes
 never read half a file. Entries are pickles that toysim writes into the user's own cache folder
 (as JAX's own cache trusts its folder, trust this one as you trust that folder). The cache is on
 wherever the compilation cache is (every ``toysim`` subcommand) and off with
@@ -62,6 +64,11 @@ _fingerprint: str | None = None
 # An executable above this size is not written (a program that big compiles for long enough that a
 # saved trace is a small part of it; the cache folder should not fill with them).
 MAX_ENTRY_BYTES = 64 * 2**20
+# The folder is kept below this size. Keys hold the source of every toysim module, so each edit and
+# each new shape leaves entries behind (half a gigabyte had gathered on the development machine).
+# When a store takes the folder above it, the entries used longest ago (a load marks an entry used)
+# are removed until it is under three quarters of it.
+MAX_FOLDER_BYTES = 2 * 2**30
 
 
 # An executable that JAX itself loaded from its persistent cache cannot be serialised again: the
@@ -326,6 +333,33 @@ def _load(path: str):
     return deserialize_and_load(payload, in_tree, out_tree)
 
 
+def _trim(folder: str) -> None:
+    """Remove the least recently used entries while the folder is above :data:`MAX_FOLDER_BYTES`."""
+    entries, total = [], 0
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                if entry.name.endswith(".exe"):
+                    try:
+                        stat = entry.stat()
+                    except OSError:  # removed by another process meanwhile
+                        continue
+                    entries.append((stat.st_mtime, stat.st_size, entry.path))
+                    total += stat.st_size
+    except OSError:
+        return
+    if total <= MAX_FOLDER_BYTES:
+        return
+    for _, size, path in sorted(entries):
+        if total <= 0.75 * MAX_FOLDER_BYTES:
+            break
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        total -= size
+
+
 def _store(path: str, compiled) -> None:
     from jax.experimental.serialize_executable import serialize
 
@@ -346,6 +380,8 @@ def _store(path: str, compiled) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+        return
+    _trim(os.path.dirname(path))
 
 
 def call(name: str, jitted: Callable, args: tuple, static: tuple[int, ...] = (), kwargs: dict | None = None):
@@ -390,6 +426,9 @@ def call(name: str, jitted: Callable, args: tuple, static: tuple[int, ...] = (),
                 compiled = _load(path)
             except Exception:  # unreadable or from another runtime: compile it again below
                 compiled = None
+            else:
+                with contextlib.suppress(OSError):  # used now: the last to go when trimmed
+                    os.utime(path)
         if compiled is None:
             with _no_jax_cache_write():
                 compiled = jitted.lower(*args, **kwargs).compile(_COMPILER_OPTIONS)
