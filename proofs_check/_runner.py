@@ -44,9 +44,9 @@ PROFILES = {"ci": 1, "thorough": 10}
 def source_constants_off():
     """Hypothesis without the constants of the "local" modules loaded in the process.
 
-    Hypothesis (from 6.131) replaces about one draw in twenty by a constant found in the source of
-    a local module (any loaded module outside site-packages and the standard library: toysim, the
-    checks, the figures, a user's script). Which modules are loaded depends on how the checks were
+    Recent Hypothesis (the pinned 6.155.2) replaces about one draw in twenty by a constant found in
+    the source of a local module (any loaded module outside site-packages and the standard
+    library: toysim, the checks, the figures, a user's script). Which modules are loaded depends on how the checks were
     started, so the same seed drew different inputs under ``toysim check``, ``toysim reproduce``
     and ``run_checks`` from Python (``best_of_n_kl`` exercised 12, 7 and 9 of its 15 inputs), and
     any edit to a number in the library's source would move them too. Within this context the
