@@ -46,10 +46,10 @@ def source_constants_off():
 
     Recent Hypothesis (the pinned 6.155.2) replaces about one draw in twenty by a constant found in
     the source of a local module (any loaded module outside site-packages and the standard
-    library: toysim, the checks, the figures, a user's script). Which modules are loaded depends on how the checks were
-    started, so the same seed drew different inputs under ``toysim check``, ``toysim reproduce``
-    and ``run_checks`` from Python (``best_of_n_kl`` exercised 12, 7 and 9 of its 15 inputs), and
-    any edit to a number in the library's source would move them too. Within this context the
+    library: toysim, the checks, the figures, a user's script). Which modules are loaded depends
+    on how the checks were started, so the same seed drew different inputs under ``toysim
+    check``, ``toysim reproduce`` and ``run_checks`` from Python (``best_of_n_kl`` exercised 12, 7
+    and 9 of its 15 inputs), and any edit to a number in the library's source would move them too. Within this context the
     draws use Hypothesis's own fixed constants only, so a run depends on the seed and the checks'
     strategies alone. The switch is Hypothesis's internal ``_get_local_constants`` (no public
     setting exists); where that is missing (another Hypothesis version) nothing is changed.

@@ -95,7 +95,7 @@ def _sequence_log_probs(logits: tuple, vocab_size: int) -> jax.Array:
     rows, tokens = _rows(vocab_size, horizon)
     total = jnp.zeros(vocab_size**horizon)
     for t, z in enumerate(logits):
-        total = total + jax.nn.log_softmax(jnp.asarray(z), axis=-1)[rows[t], tokens[t]]
+        total = total + jax.nn.log_softmax(z, axis=-1)[rows[t], tokens[t]]
     return total
 
 

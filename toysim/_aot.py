@@ -22,8 +22,9 @@ devices, runs the ordinary ``jax.jit`` path.
 The folder is kept under :data:`MAX_FOLDER_BYTES` (2 GiB): a store that takes it above removes
 the entries used longest ago (a load marks an entry used), since every edit of toysim's source and
 every new shape leaves entries behind. An entry that cannot be read back (truncated, written by
-another jaxlib, removed by another process's trim) is compiled again and replaced; entries are written to a temporary file and renamed into place, so concurrent processes
-never read half a file. Entries are pickles that toysim writes into the user's own cache folder
+another jaxlib, removed by another process's trim) is compiled again and replaced; entries are
+written to a temporary file and renamed into place, so concurrent processes never read half a
+file. Entries are pickles that toysim writes into the user's own cache folder
 (as JAX's own cache trusts its folder, trust this one as you trust that folder). The cache is on
 wherever the compilation cache is (every ``toysim`` subcommand) and off with
 ``TOYSIM_NO_JAX_CACHE=1``; from Python it is off unless :func:`enable` is called.

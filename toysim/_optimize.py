@@ -198,13 +198,7 @@ class _Unravel:
 
     def host(self, flat: Any) -> PyTree:
         """A concrete flat vector back to the pytree (sliced on the host, then handed to JAX)."""
-        flat = np.asarray(flat)
-        out, i = [], 0
-        for shape, dtype in zip(self.shapes, self.dtypes):
-            n = math.prod(shape)
-            out.append(jax.device_put(flat[i : i + n].reshape(shape).astype(dtype)))
-            i += n
-        return jax.tree_util.tree_unflatten(self.treedef, out)
+        return jax.tree_util.tree_map(jax.device_put, self(np.asarray(flat)))
 
     def __call__(self, flat: jax.Array) -> PyTree:
         out, i = [], 0

@@ -635,15 +635,8 @@ def augmentation_variance(levels: Levels, spec: RecoverySpec) -> float:
     """Exact variance of one :func:`augmentation_samples` draw (for a concentration bound)."""
     _, outside = log_recovery_probability(levels, spec.mask)
     T = spec.horizon
-    second = sum(
-        float(
-            np.sum(
-                np.asarray(spec.q_prefix[t]) * (T * spec.discounts[t] * np.exp(np.asarray(outside[t]))) ** 2
-            )
-        )
-        / T
-        for t in range(T)
-    )
+    terms = zip(spec.q_prefix, spec.discounts, (np.exp(np.asarray(x)) for x in outside))
+    second = sum(float(np.sum(np.asarray(q) * (T * d * o) ** 2)) / T for q, d, o in terms)
     mean = float(recovery_penalty(levels, spec))
     return max(second - mean**2, 0.0)
 
